@@ -1,0 +1,148 @@
+"""Tables shared by the pipeline and the status API (SQLAlchemy 2; no Dagster import)."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Stage(enum.StrEnum):
+    FILE_PROCESSING = "file_processing"
+    TEXT_EXTRACTION = "text_extraction"
+    EMBEDDING = "embedding"
+    PINECONE_STORAGE = "pinecone_storage"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+class Status(enum.StrEnum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (Status.PENDING, Status.IN_PROGRESS)
+TERMINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+
+class FileStatus(enum.StrEnum):
+    PENDING = "pending"
+    INDEXED = "indexed"
+    FAILED = "failed"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every backend.
+
+    SQLite has no time zone type and hands back naive values; storing naive UTC and tagging
+    it on the way out gives the same aware datetimes as PostgreSQL's timestamptz.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass a timezone-aware value")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class Expert(Base):
+    __tablename__ = "experts"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    agent_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the pipeline has been asked to run this expert, so the sensor asks only once.
+    run_requested_at: Mapped[datetime | None] = mapped_column()
+
+
+class ExpertFile(Base):
+    __tablename__ = "expert_files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    expert_id: Mapped[str] = mapped_column(ForeignKey("experts.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    storage_key: Mapped[str] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=FileStatus.PENDING)
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    pages: Mapped[int | None] = mapped_column(Integer)
+    characters: Mapped[int | None] = mapped_column(Integer)
+    chunks: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ExpertProcessingProgress(Base):
+    """One row per expert: every field of the specification's JSON example."""
+
+    __tablename__ = "expert_processing_progress"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    expert_id: Mapped[str] = mapped_column(String(128), unique=True)
+    agent_id: Mapped[str | None] = mapped_column(String(128))
+    stage: Mapped[str] = mapped_column(String(32), default=Stage.FILE_PROCESSING)
+    status: Mapped[str] = mapped_column(String(16), default=Status.PENDING, index=True)
+    current_file: Mapped[str | None] = mapped_column(String(255))
+    current_file_index: Mapped[int] = mapped_column(Integer, default=0)
+    total_files: Mapped[int] = mapped_column(Integer, default=0)
+    current_batch: Mapped[int] = mapped_column(Integer, default=0)
+    total_batches: Mapped[int] = mapped_column(Integer, default=0)
+    current_chunk: Mapped[int] = mapped_column(Integer, default=0)
+    total_chunks: Mapped[int] = mapped_column(Integer, default=0)
+    processed_files: Mapped[int] = mapped_column(Integer, default=0)
+    failed_files: Mapped[int] = mapped_column(Integer, default=0)
+    progress_percentage: Mapped[float] = mapped_column(Float, default=0.0)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column()
+    # Not in the spec's JSON: the Dagster run working on this expert, for operators.
+    run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class ProgressEvent(Base):
+    """The progress history: one row per stage change, file result, failure and completion."""
+
+    __tablename__ = "expert_progress_events"
+    __table_args__ = (Index("ix_progress_events_expert_time", "expert_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    expert_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stage: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,0 +1,361 @@
+"""Create, update and read expert progress: the operations of the specification.
+
+Callable exactly as the specification's "Code Examples" show::
+
+    service = ExpertProcessingProgressService(db)
+    service.create_progress_record(expert_id="expert-123", agent_id="agent-456", total_files=5)
+    service.update_progress(expert_id="expert-123", stage="embedding", current_batch=10,
+                            total_batches=50, progress_percentage=20.0)
+    service.mark_completed(expert_id="expert-123", metadata={"total_time": 120.5})
+    service.mark_failed(expert_id="expert-123", error_message="OpenAI API error")
+
+Guarantees kept here, in one place, whoever writes: stages and statuses only take the
+specification's values; the percentage stays within 0-100, never decreases within a run and
+reaches 100 only on completion; a finished run is never reopened by a late write; every
+stage change, status change, file result and final state is recorded as an event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from expert_pipeline.core.models import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    ExpertProcessingProgress,
+    ProgressEvent,
+    Stage,
+    Status,
+    utcnow,
+)
+
+# Only completion may show 100 %: a bar at 100 while work remains would be a lie.
+MAX_RUNNING_PERCENTAGE = 99.0
+
+_COUNTERS = (
+    "current_file_index",
+    "total_files",
+    "current_batch",
+    "total_batches",
+    "current_chunk",
+    "total_chunks",
+    "processed_files",
+    "failed_files",
+)
+
+
+class ProgressNotFound(LookupError):
+    def __init__(self, expert_id: str) -> None:
+        super().__init__(f"No progress record for expert '{expert_id}'")
+        self.expert_id = expert_id
+
+
+class InvalidProgressUpdate(ValueError):
+    pass
+
+
+def _stage(value: str | Stage) -> Stage:
+    try:
+        return Stage(value)
+    except ValueError:
+        allowed = ", ".join(s.value for s in Stage)
+        raise InvalidProgressUpdate(f"unknown stage '{value}' (allowed: {allowed})") from None
+
+
+def _status(value: str | Status) -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        allowed = ", ".join(s.value for s in Status)
+        raise InvalidProgressUpdate(f"unknown status '{value}' (allowed: {allowed})") from None
+
+
+def _non_negative(name: str, value: int) -> int:
+    if value < 0:
+        raise InvalidProgressUpdate(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+class ExpertProcessingProgressService:
+    def __init__(self, db: Session) -> None:
+        self.db = db
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get_progress(self, expert_id: str) -> ExpertProcessingProgress | None:
+        return self.db.scalar(
+            select(ExpertProcessingProgress).where(ExpertProcessingProgress.expert_id == expert_id)
+        )
+
+    def get_active_progress(self) -> list[ExpertProcessingProgress]:
+        return list(
+            self.db.scalars(
+                select(ExpertProcessingProgress)
+                .where(ExpertProcessingProgress.status.in_([s.value for s in ACTIVE_STATUSES]))
+                .order_by(ExpertProcessingProgress.started_at, ExpertProcessingProgress.expert_id)
+            )
+        )
+
+    def list_events(
+        self, expert_id: str, *, after_id: int | None = None, limit: int | None = None
+    ) -> list[ProgressEvent]:
+        query = select(ProgressEvent).where(ProgressEvent.expert_id == expert_id)
+        if after_id is not None:
+            query = query.where(ProgressEvent.id > after_id)
+        query = query.order_by(ProgressEvent.id)
+        if limit is not None:
+            query = query.limit(limit)
+        return list(self.db.scalars(query))
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def create_progress_record(
+        self, expert_id: str, agent_id: str | None = None, total_files: int = 0
+    ) -> ExpertProcessingProgress:
+        """Create the expert's row as `pending`, or reset an existing one for a new run."""
+        now = utcnow()
+        record = self._locked(expert_id)
+        if record is None:
+            record = ExpertProcessingProgress(expert_id=expert_id, details={})
+            self.db.add(record)
+        self._reset(record, now)
+        record.agent_id = agent_id if agent_id is not None else record.agent_id
+        record.total_files = _non_negative("total_files", total_files)
+        record.status = Status.PENDING
+        self._event(record, "Queued for processing", {"total_files": record.total_files}, now)
+        self.db.commit()
+        return record
+
+    def start_run(
+        self, expert_id: str, run_id: str | None = None, total_files: int | None = None
+    ) -> ExpertProcessingProgress:
+        """Move the row to `in_progress` for a run; a new run starts from zero."""
+        now = utcnow()
+        record = self._require(expert_id)
+        same_run = record.status == Status.IN_PROGRESS and run_id is not None and record.run_id == run_id
+        if not same_run:
+            self._reset(record, now)
+            record.status = Status.IN_PROGRESS
+            record.run_id = run_id
+            if total_files is not None:
+                record.total_files = _non_negative("total_files", total_files)
+            self._event(record, "Processing started", {"run_id": run_id}, now)
+        self.db.commit()
+        return record
+
+    def update_progress(
+        self,
+        expert_id: str,
+        stage: str | None = None,
+        status: str | None = None,
+        current_file: str | None = None,
+        current_file_index: int | None = None,
+        total_files: int | None = None,
+        current_batch: int | None = None,
+        total_batches: int | None = None,
+        current_chunk: int | None = None,
+        total_chunks: int | None = None,
+        processed_files: int | None = None,
+        failed_files: int | None = None,
+        progress_percentage: float | None = None,
+        details: Mapping[str, Any] | None = None,
+        error_message: str | None = None,
+        event_message: str | None = None,
+        event_data: Mapping[str, Any] | None = None,
+    ) -> ExpertProcessingProgress:
+        new_stage = _stage(stage) if stage is not None else None
+        new_status = _status(status) if status is not None else None
+        if new_status is Status.COMPLETED:
+            return self.mark_completed(expert_id)
+        if new_status is Status.FAILED:
+            return self.mark_failed(expert_id, error_message or "Processing failed")
+        if new_status is Status.CANCELLED:
+            return self.mark_cancelled(expert_id, error_message or "Cancelled")
+        if new_stage in (Stage.COMPLETE, Stage.FAILED):
+            raise InvalidProgressUpdate(
+                f"stage '{new_stage}' is set by mark_completed/mark_failed, not update_progress"
+            )
+
+        now = utcnow()
+        record = self._require(expert_id)
+        if record.status in TERMINAL_STATUSES:
+            # A late write from a run that already ended must not reopen or alter it.
+            self.db.rollback()
+            return record
+
+        changes: list[str] = []
+        if new_status is not None and new_status != record.status:
+            record.status = new_status
+            changes.append(f"status {new_status}")
+        elif record.status == Status.PENDING:
+            record.status = Status.IN_PROGRESS
+            changes.append("status in_progress")
+        if new_stage is not None and new_stage != record.stage:
+            record.stage = new_stage
+            changes.append(f"stage {new_stage}")
+
+        values = {
+            "current_file_index": current_file_index,
+            "total_files": total_files,
+            "current_batch": current_batch,
+            "total_batches": total_batches,
+            "current_chunk": current_chunk,
+            "total_chunks": total_chunks,
+            "processed_files": processed_files,
+            "failed_files": failed_files,
+        }
+        for name, value in values.items():
+            if value is not None:
+                setattr(record, name, _non_negative(name, value))
+        if current_file is not None:
+            record.current_file = current_file
+        if progress_percentage is not None:
+            pct = float(progress_percentage)
+            if pct != pct:  # NaN
+                raise InvalidProgressUpdate("progress_percentage must be a number")
+            pct = min(max(pct, 0.0), MAX_RUNNING_PERCENTAGE)
+            record.progress_percentage = round(max(record.progress_percentage or 0.0, pct), 2)
+        if details is not None:
+            record.details = {**(record.details or {}), **dict(details)}
+        if error_message is not None:
+            record.error_message = error_message
+        record.updated_at = now
+
+        if changes or event_message:
+            message = event_message or _stage_message(record.stage)
+            self._event(record, message, dict(event_data or {}), now)
+        self.db.commit()
+        return record
+
+    def record_event(
+        self, expert_id: str, message: str, data: Mapping[str, Any] | None = None
+    ) -> ProgressEvent:
+        """Add a history entry (e.g. one file's result) at the record's current stage/status."""
+        record = self._require(expert_id)
+        event = self._event(record, message, dict(data or {}), utcnow())
+        self.db.commit()
+        return event
+
+    def mark_completed(
+        self, expert_id: str, metadata: Mapping[str, Any] | None = None
+    ) -> ExpertProcessingProgress:
+        now = utcnow()
+        record = self._require(expert_id)
+        if record.status in TERMINAL_STATUSES:
+            self.db.rollback()
+            return record
+        record.status = Status.COMPLETED
+        record.stage = Stage.COMPLETE
+        record.progress_percentage = 100.0
+        record.error_message = None
+        if metadata:
+            record.details = {**(record.details or {}), **dict(metadata)}
+        record.updated_at = now
+        record.completed_at = now
+        self._event(record, "Processing complete", dict(metadata or {}), now)
+        self.db.commit()
+        return record
+
+    def mark_failed(self, expert_id: str, error_message: str) -> ExpertProcessingProgress:
+        return self._finish(expert_id, Status.FAILED, error_message)
+
+    def mark_cancelled(self, expert_id: str, reason: str = "Cancelled") -> ExpertProcessingProgress:
+        return self._finish(expert_id, Status.CANCELLED, reason)
+
+    def delete_progress(self, expert_id: str) -> bool:
+        deleted = self.db.execute(
+            delete(ExpertProcessingProgress).where(ExpertProcessingProgress.expert_id == expert_id)
+        ).rowcount
+        self.db.execute(delete(ProgressEvent).where(ProgressEvent.expert_id == expert_id))
+        self.db.commit()
+        return bool(deleted)
+
+    def delete_many(self, expert_ids: Sequence[str]) -> int:
+        if not expert_ids:
+            return 0
+        deleted = self.db.execute(
+            delete(ExpertProcessingProgress).where(ExpertProcessingProgress.expert_id.in_(expert_ids))
+        ).rowcount
+        self.db.execute(delete(ProgressEvent).where(ProgressEvent.expert_id.in_(expert_ids)))
+        self.db.commit()
+        return int(deleted or 0)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _finish(self, expert_id: str, status: Status, message: str) -> ExpertProcessingProgress:
+        now = utcnow()
+        record = self._require(expert_id)
+        if record.status in TERMINAL_STATUSES:
+            self.db.rollback()
+            return record
+        record.status = status
+        record.stage = Stage.FAILED if status == Status.FAILED else record.stage
+        record.error_message = message
+        record.updated_at = now
+        record.completed_at = now
+        label = "Processing failed" if status == Status.FAILED else "Processing cancelled"
+        self._event(record, f"{label}: {message}", {}, now)
+        self.db.commit()
+        return record
+
+    def _locked(self, expert_id: str) -> ExpertProcessingProgress | None:
+        # Row lock on PostgreSQL so the reporter and a sensor cannot interleave on one expert;
+        # other experts' rows are untouched, so their writers never wait on this one.
+        return self.db.scalar(
+            select(ExpertProcessingProgress)
+            .where(ExpertProcessingProgress.expert_id == expert_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+
+    def _require(self, expert_id: str) -> ExpertProcessingProgress:
+        record = self._locked(expert_id)
+        if record is None:
+            self.db.rollback()
+            raise ProgressNotFound(expert_id)
+        return record
+
+    @staticmethod
+    def _reset(record: ExpertProcessingProgress, now: datetime) -> None:
+        for name in _COUNTERS:
+            if name != "total_files":
+                setattr(record, name, 0)
+        record.stage = Stage.FILE_PROCESSING
+        record.current_file = None
+        record.progress_percentage = 0.0
+        record.details = {}
+        record.error_message = None
+        record.started_at = now
+        record.updated_at = now
+        record.completed_at = None
+
+    def _event(
+        self, record: ExpertProcessingProgress, message: str, data: dict[str, Any], now: datetime
+    ) -> ProgressEvent:
+        event = ProgressEvent(
+            expert_id=record.expert_id,
+            created_at=now,
+            stage=record.stage,
+            status=record.status,
+            message=message,
+            data=data,
+        )
+        self.db.add(event)
+        return event
+
+
+_STAGE_MESSAGES = {
+    Stage.FILE_PROCESSING: "Processing files",
+    Stage.TEXT_EXTRACTION: "Extracting text",
+    Stage.EMBEDDING: "Generating embeddings",
+    Stage.PINECONE_STORAGE: "Storing vectors",
+}
+
+
+def _stage_message(stage: str) -> str:
+    return _STAGE_MESSAGES.get(Stage(stage), str(stage))

@@ -1,0 +1,83 @@
+"""Run the product's servers together for `make up`, and stop them all on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from expert_pipeline.core.db import migrate
+from expert_pipeline.core.settings import get_settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_servers(api_only: bool = False) -> int:
+    settings = get_settings()
+    settings.ensure_dirs()
+    migrate(settings.resolved_database_url)
+    env = {**os.environ, "EXPERT_PIPELINE_HOME": str(settings.expert_pipeline_home)}
+    bin_dir = Path(sys.executable).parent
+    commands: dict[str, list[str]] = {
+        "status API": [
+            str(bin_dir / "uvicorn"), "status_api.main:create_app", "--factory",
+            "--host", settings.status_api_host, "--port", str(settings.status_api_port),
+        ],
+    }
+    urls = {"status API": f"http://{settings.status_api_host}:{settings.status_api_port}/docs"}
+    if not api_only:
+        dagster_home = settings.dagster_home
+        dagster_home.mkdir(parents=True, exist_ok=True)
+        _install_instance_config(dagster_home)
+        env["DAGSTER_HOME"] = str(dagster_home)
+        workspace = str(REPO_ROOT / "workspace.yaml")
+        commands["Dagster UI"] = [
+            str(bin_dir / "dagster-webserver"), "-w", workspace,
+            "-h", "127.0.0.1", "-p", str(settings.dagster_webserver_port),
+        ]
+        commands["Dagster daemon"] = [str(bin_dir / "dagster-daemon"), "run", "-w", workspace]
+        urls["Dagster UI"] = f"http://127.0.0.1:{settings.dagster_webserver_port}"
+        urls["dashboard"] = f"http://{settings.status_api_host}:{settings.status_api_port}/dashboard"
+
+    processes = {
+        name: subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, start_new_session=True)
+        for name, cmd in commands.items()
+    }
+    for name, url in urls.items():
+        print(f"  {name:15s} {url}", flush=True)
+    print("Press Ctrl-C to stop.", flush=True)
+    try:
+        while True:
+            for name, proc in processes.items():
+                if proc.poll() is not None:
+                    print(f"{name} exited with code {proc.returncode}; stopping the others", flush=True)
+                    return proc.returncode or 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopping...", flush=True)
+        return 0
+    finally:
+        _stop_all(list(processes.values()))
+
+
+def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for proc in processes:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in processes:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _install_instance_config(dagster_home: Path) -> None:
+    """Dagster reads dagster.yaml from DAGSTER_HOME; keep the repo's copy authoritative."""
+    source = REPO_ROOT / "dagster.yaml"
+    target = dagster_home / "dagster.yaml"
+    if source.exists() and (not target.exists() or target.read_text() != source.read_text()):
+        target.write_text(source.read_text())

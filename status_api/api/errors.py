@@ -1,0 +1,61 @@
+"""Every error is JSON `{"success": false, "error": "..."}` with the right status code.
+
+A database outage becomes 503 with a message; nothing leaks a stack trace or a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from expert_pipeline.core.progress_service import InvalidProgressUpdate, ProgressNotFound
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status_code: int, message: str, **extra: object) -> JSONResponse:
+    return JSONResponse(status_code=status_code, content={"success": False, "error": message, **extra})
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return error_response(exc.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, _describe_validation(exc))
+
+    @app.exception_handler(ProgressNotFound)
+    async def _not_found(_: Request, exc: ProgressNotFound) -> JSONResponse:
+        return error_response(404, str(exc))
+
+    @app.exception_handler(InvalidProgressUpdate)
+    async def _invalid(_: Request, exc: InvalidProgressUpdate) -> JSONResponse:
+        return error_response(422, str(exc))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(PoolTimeoutError)
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", exc.__class__.__name__, exc_info=exc)
+        return error_response(503, "The progress database is unavailable; try again shortly.")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return error_response(500, "Internal error; it has been logged.")

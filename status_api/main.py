@@ -1,0 +1,48 @@
+"""The status service: progress endpoints for the dashboard and anyone else who asks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from expert_pipeline.core.db import engine_for, migrate
+from expert_pipeline.core.settings import Settings, get_settings
+from status_api.api.errors import install_error_handlers
+from status_api.api.routes import health, progress
+
+log = logging.getLogger("status_api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.ensure_dirs()
+        migrate(settings.resolved_database_url)
+        log.info("progress database: %s", _redacted(settings.resolved_database_url))
+        yield
+
+    app = FastAPI(
+        title="Expert Pipeline status API",
+        description="Progress of expert ingestion: the documented progress endpoints.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine_for(settings.resolved_database_url)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(progress.router)
+    return app
+
+
+def _redacted(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
