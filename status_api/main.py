@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from expert_pipeline.core.db import engine_for, migrate
 from expert_pipeline.core.settings import Settings, get_settings
 from status_api.api.errors import install_error_handlers
-from status_api.api.routes import health, progress
+from status_api.api.routes import experts, health, progress
 
 log = logging.getLogger("status_api")
 
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(progress.router)
+    app.include_router(experts.router)
     return app
 
 

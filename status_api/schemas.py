@@ -76,3 +76,47 @@ class ErrorResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok", "unavailable"]
     database: str
+
+
+class ExpertFileOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    filename: str
+    size_bytes: int
+    status: Literal["pending", "indexed", "failed"]
+    error_kind: str | None
+    error_message: str | None
+    pages: int | None
+    chunks: int | None
+
+
+class ExpertOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    agent_id: str | None
+    created_at: datetime
+    files: list[ExpertFileOut]
+
+
+class ExpertWithProgress(ExpertOut):
+    progress: ProgressRecord | None
+
+
+class ExpertCreatedResponse(BaseModel):
+    success: Literal[True] = True
+    expert: ExpertOut
+    progress: ProgressRecord
+
+
+class ExpertResponse(BaseModel):
+    success: Literal[True] = True
+    expert: ExpertWithProgress
+
+
+class ExpertListResponse(BaseModel):
+    success: Literal[True] = True
+    count: int
+    experts: list[ExpertWithProgress]

@@ -82,8 +82,6 @@ class Expert(Base):
     name: Mapped[str] = mapped_column(String(200))
     agent_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # Set when the pipeline has been asked to run this expert, so the sensor asks only once.
-    run_requested_at: Mapped[datetime | None] = mapped_column()
 
 
 class ExpertFile(Base):

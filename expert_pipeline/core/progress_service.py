@@ -115,9 +115,13 @@ class ExpertProcessingProgressService:
     # -- writes ------------------------------------------------------------------------------
 
     def create_progress_record(
-        self, expert_id: str, agent_id: str | None = None, total_files: int = 0
+        self, expert_id: str, agent_id: str | None = None, total_files: int = 0, *, queued: bool = True
     ) -> ExpertProcessingProgress:
-        """Create the expert's row as `pending`, or reset an existing one for a new run."""
+        """Create the expert's row as `pending`, or reset an existing one for a new run.
+
+        `queued=False` creates it already `in_progress`, for a caller that runs the ingest
+        itself (the terminal command), so the pipeline's sensor does not start a second run.
+        """
         now = utcnow()
         record = self._locked(expert_id)
         if record is None:
@@ -126,8 +130,9 @@ class ExpertProcessingProgressService:
         self._reset(record, now)
         record.agent_id = agent_id if agent_id is not None else record.agent_id
         record.total_files = _non_negative("total_files", total_files)
-        record.status = Status.PENDING
-        self._event(record, "Queued for processing", {"total_files": record.total_files}, now)
+        record.status = Status.PENDING if queued else Status.IN_PROGRESS
+        message = "Queued for processing" if queued else "Processing started"
+        self._event(record, message, {"total_files": record.total_files}, now)
         self.db.commit()
         return record
 

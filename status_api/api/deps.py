@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Path, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from expert_pipeline.core.experts_service import ExpertFileStorage
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
+
+class VectorStoreLike(Protocol):
+    def delete_namespace(self, namespace: str) -> None: ...
+
 
 # Ids are opaque but bounded: letters, digits and a few separators, as in the spec's examples
 # ("expert-uuid", "expert-123"). Anything else is a client error, not a lookup.
@@ -44,3 +49,26 @@ def get_progress_service(db: SessionDep) -> ExpertProcessingProgressService:
 
 
 ProgressServiceDep = Annotated[ExpertProcessingProgressService, Depends(get_progress_service)]
+
+
+def _part(request: Request, role: str) -> object:
+    """File storage and vector store are built once per app from settings (lazily, as they
+    pull in the pipeline's libraries, which the progress endpoints do not need)."""
+    parts = request.app.state.__dict__.setdefault("parts", {})
+    if role not in parts:
+        from expert_pipeline import parts as builders
+
+        parts[role] = getattr(builders, f"build_{role}")(request.app.state.settings)
+    return parts[role]
+
+
+def get_file_storage(request: Request) -> ExpertFileStorage:
+    return _part(request, "file_storage")  # type: ignore[return-value]
+
+
+def get_vector_store(request: Request) -> VectorStoreLike:
+    return _part(request, "vector_store")  # type: ignore[return-value]
+
+
+FileStorageDep = Annotated[ExpertFileStorage, Depends(get_file_storage)]
+VectorStoreDep = Annotated[VectorStoreLike, Depends(get_vector_store)]

@@ -62,7 +62,6 @@ def upgrade() -> None:
     sa.Column("name", sa.String(length=200), nullable=False),
     sa.Column("agent_id", sa.String(length=128), nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("run_requested_at", sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint("id")
     )
     op.create_table("expert_files",

@@ -1,0 +1,41 @@
+"""What every ingest asset starts from: the expert, its work area and its progress handle."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from expert_pipeline.resources.progress_reporter import ExpertProgress, ProgressReporter
+from expert_pipeline.resources.ingest_settings import IngestSettings
+from expert_pipeline.work_area import ExpertWorkArea
+
+
+@dataclass
+class StageRun:
+    expert_id: str
+    work: ExpertWorkArea
+    progress: ExpertProgress
+    started: float = field(default_factory=time.perf_counter)
+
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
+
+    def metadata(self, **values: object) -> dict[str, object]:
+        """Materialization metadata every stage reports, plus its own figures."""
+        return {
+            **values,
+            "seconds": self.seconds(),
+            "progress_writes": self.progress.writes,
+            "progress_write_seconds": round(self.progress.seconds_writing, 4),
+        }
+
+
+def stage_run(context: dg.AssetExecutionContext, settings: IngestSettings, reporter: ProgressReporter) -> StageRun:
+    expert_id = context.partition_key
+    return StageRun(
+        expert_id=expert_id,
+        work=ExpertWorkArea(settings.work_dir, expert_id),
+        progress=reporter.for_expert(expert_id),
+    )

@@ -1,0 +1,78 @@
+"""Stage 3 (embedding): embed every chunk in batches, reporting progress once per batch."""
+
+import itertools
+import math
+
+import dagster as dg
+import numpy as np
+
+from expert_pipeline.assets.chunks import expert_chunks
+from expert_pipeline.assets.context import stage_run
+from expert_pipeline.core.models import FileStatus, Stage
+from expert_pipeline.partitions import experts
+from expert_pipeline.progress_plan import overall_percentage
+from expert_pipeline.resources.embedder import Embedder
+from expert_pipeline.resources.expert_catalog import ExpertCatalog
+from expert_pipeline.resources.ingest_settings import IngestSettings
+from expert_pipeline.resources.progress_reporter import ProgressReporter
+
+
+@dg.asset(
+    partitions_def=experts,
+    group_name="ingest",
+    kinds={"python", "pytorch"},
+    deps=[expert_chunks],
+    description="An embedding vector per chunk, computed in batches (local all-MiniLM-L6-v2 by "
+    "default, OpenAI in production) and streamed to the work area.",
+)
+def expert_embeddings(
+    context: dg.AssetExecutionContext,
+    catalog: ExpertCatalog,
+    embedder: dg.ResourceParam[Embedder],
+    progress_reporter: ProgressReporter,
+    ingest_settings: IngestSettings,
+) -> dg.MaterializeResult:
+    run = stage_run(context, ingest_settings, progress_reporter)
+    all_files = catalog.files(run.expert_id)
+    batch_size = ingest_settings.embedding_batch_size
+    todo = [(i, f, run.work.count_chunks(f.id)) for i, f in enumerate(all_files) if f.status != FileStatus.FAILED]
+    total_chunks = sum(n for _, _, n in todo)
+    total_batches = sum(math.ceil(n / batch_size) for _, _, n in todo)
+    batch = done = processed = 0
+    with run.progress.guard("Embedding"):
+        run.progress.stage(
+            Stage.EMBEDDING, overall_percentage(Stage.EMBEDDING, 0, 1), "Generating embeddings",
+            current_batch=0, total_batches=total_batches, current_chunk=0, total_chunks=total_chunks,
+        )
+        load_seconds = embedder.warm_up()
+        encode_seconds = 0.0
+        for index, item, _ in todo:
+            run.work.start_embeddings(item.id)
+            chunk_iter = run.work.read_chunks(item.id)
+            while texts := [c.text for c in itertools.islice(chunk_iter, batch_size)]:
+                started = run.seconds()
+                vectors = embedder.embed(texts)
+                encode_seconds += run.seconds() - started
+                run.work.append_embeddings(item.id, np.asarray(vectors, dtype=np.float32))
+                batch += 1
+                done += len(texts)
+                run.progress.update(
+                    overall_percentage(Stage.EMBEDDING, done, total_chunks),
+                    current_file=item.filename, current_file_index=index, current_batch=batch,
+                    total_batches=total_batches, current_chunk=done, total_chunks=total_chunks,
+                    details={
+                        "filename": item.filename,
+                        "batch": f"{batch}/{total_batches}",
+                        "chunks": f"{done}/{total_chunks}",
+                    },
+                    force=batch == total_batches,
+                )
+            processed += 1
+            run.progress.update(overall_percentage(Stage.EMBEDDING, done, total_chunks), processed_files=processed)
+    return dg.MaterializeResult(
+        metadata=run.metadata(
+            chunks=done, batches=batch, model=embedder.model_name, dimensions=embedder.dimensions,
+            model_load_seconds=round(load_seconds, 3), encode_seconds=round(encode_seconds, 3),
+            chunks_per_second=round(done / encode_seconds, 2) if encode_seconds else 0.0,
+        )
+    )

@@ -1,0 +1,53 @@
+"""Stage 1 (file_processing): fetch the expert's uploaded files into the run's work area."""
+
+import dagster as dg
+
+from expert_pipeline.assets.context import stage_run
+from expert_pipeline.core.models import Stage
+from expert_pipeline.partitions import experts
+from expert_pipeline.progress_plan import overall_percentage
+from expert_pipeline.resources.expert_catalog import ExpertCatalog
+from expert_pipeline.resources.file_storage import FileStorage
+from expert_pipeline.resources.ingest_settings import IngestSettings
+from expert_pipeline.resources.progress_reporter import IngestFailed, ProgressReporter
+
+
+@dg.asset(
+    partitions_def=experts,
+    group_name="ingest",
+    kinds={"python", "filesystem"},
+    description="The expert's uploaded files, fetched from file storage (local folder or S3) "
+    "into the run's work area. A file that cannot be fetched fails alone.",
+)
+def expert_files(
+    context: dg.AssetExecutionContext,
+    catalog: ExpertCatalog,
+    file_storage: dg.ResourceParam[FileStorage],
+    progress_reporter: ProgressReporter,
+    ingest_settings: IngestSettings,
+) -> dg.MaterializeResult:
+    run = stage_run(context, ingest_settings, progress_reporter)
+    files = catalog.files(run.expert_id)
+    run.progress.start_run(context.run.run_id, total_files=len(files))
+    with run.progress.guard("Fetching files"):
+        if not files:
+            raise IngestFailed("This expert has no files to process")
+        catalog.reset_files(run.expert_id)
+        run.progress.stage(Stage.FILE_PROCESSING, 0.0, "Fetching files", total_files=len(files))
+        fetched_bytes = failed = 0
+        for index, item in enumerate(files):
+            try:
+                fetched_bytes += file_storage.fetch(item.storage_key, run.work.fetched_path(item.id, item.filename))
+            except Exception as exc:  # noqa: BLE001 - one unreachable file must not stop the others
+                failed += 1
+                reason = f"could not be fetched from storage: {exc}"
+                catalog.fail_file(item.id, "fetch_failed", reason)
+                run.progress.event(f"{item.filename} failed: {reason}", {"filename": item.filename, "kind": "fetch_failed"})
+            run.progress.update(
+                overall_percentage(Stage.FILE_PROCESSING, index + 1, len(files)),
+                current_file=item.filename, current_file_index=index, failed_files=failed,
+                details={"filename": item.filename},
+            )
+    return dg.MaterializeResult(
+        metadata=run.metadata(files=len(files), bytes=fetched_bytes, failed_files=failed)
+    )

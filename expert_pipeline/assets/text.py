@@ -1,0 +1,72 @@
+"""Stage 2 (text_extraction): extract page text from every fetched file.
+
+A file that cannot be read (encrypted, corrupt, image-only, empty, unsupported) fails alone
+with its reason recorded; the other files go on.
+"""
+
+import dagster as dg
+
+from expert_pipeline.assets.context import stage_run
+from expert_pipeline.assets.files import expert_files
+from expert_pipeline.core.models import FileStatus, Stage
+from expert_pipeline.partitions import experts
+from expert_pipeline.progress_plan import overall_percentage
+from expert_pipeline.resources.expert_catalog import ExpertCatalog
+from expert_pipeline.resources.ingest_settings import IngestSettings
+from expert_pipeline.resources.progress_reporter import ProgressReporter
+from expert_pipeline.text.extraction import ExtractionError, extract_pages
+
+# Extraction is three quarters of the text_extraction stage; chunking is the rest.
+EXTRACTION_SHARE = 0.75
+
+
+@dg.asset(
+    partitions_def=experts,
+    group_name="ingest",
+    kinds={"python", "pdf"},
+    deps=[expert_files],
+    description="Page text of each file (PDF via pypdf, plain text, Markdown, HTML, DOCX), "
+    "streamed page by page to the work area. Unreadable files fail alone with a reason.",
+)
+def expert_text(
+    context: dg.AssetExecutionContext,
+    catalog: ExpertCatalog,
+    progress_reporter: ProgressReporter,
+    ingest_settings: IngestSettings,
+) -> dg.MaterializeResult:
+    run = stage_run(context, ingest_settings, progress_reporter)
+    all_files = catalog.files(run.expert_id)
+    total = len(all_files)
+    failed = sum(1 for f in all_files if f.status == FileStatus.FAILED)
+    pages = characters = 0
+    with run.progress.guard("Text extraction"):
+        run.progress.stage(Stage.TEXT_EXTRACTION, overall_percentage(Stage.TEXT_EXTRACTION, 0, 1), "Extracting text")
+        for index, item in enumerate(all_files):
+            if item.status == FileStatus.FAILED:
+                continue
+            run.progress.update(
+                overall_percentage(Stage.TEXT_EXTRACTION, EXTRACTION_SHARE * index, total),
+                current_file=item.filename, current_file_index=index, details={"filename": item.filename},
+            )
+            source = run.work.fetched_path(item.id, item.filename)
+            try:
+                file_pages, file_chars = run.work.write_pages(item.id, extract_pages(source, item.filename))
+            except ExtractionError as exc:
+                kind, reason = exc.kind, str(exc)
+            except Exception as exc:  # noqa: BLE001 - a parser bug on one file must not sink the expert
+                kind, reason = "unreadable", f"could not be read: {exc.__class__.__name__}: {exc}"
+            else:
+                pages += file_pages
+                characters += file_chars
+                catalog.set_file(item.id, pages=file_pages, characters=file_chars)
+                context.log.info(f"Extracted {file_chars} characters from {item.filename} ({file_pages} pages)")
+                continue
+            failed += 1
+            catalog.fail_file(item.id, kind, reason)
+            run.progress.event(f"{item.filename} failed: {reason}", {"filename": item.filename, "kind": kind})
+            run.progress.update(
+                overall_percentage(Stage.TEXT_EXTRACTION, EXTRACTION_SHARE * (index + 1), total), failed_files=failed
+            )
+    return dg.MaterializeResult(
+        metadata=run.metadata(files=total, pages=pages, characters=characters, failed_files=failed)
+    )

@@ -1,0 +1,181 @@
+"""Creating, listing and deleting experts with their files (no Dagster import).
+
+Creating an expert stores its files first and then writes the expert, its file rows and its
+`pending` progress row in one transaction; if that fails, the stored files are removed, so
+nothing is half-created. The pipeline's sensor picks the pending row up and starts the run.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import BinaryIO, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from expert_pipeline.core.models import Expert, ExpertFile, ExpertProcessingProgress
+from expert_pipeline.core.progress_service import ExpertProcessingProgressService
+
+MAX_FILENAME_CHARS = 180
+
+
+class UploadRejected(ValueError):
+    """The request cannot be accepted; `status_code` is the HTTP status that says why."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class StoredFileInfo(Protocol):
+    key: str
+    size_bytes: int
+    sha256: str
+
+
+class ExpertFileStorage(Protocol):
+    def save(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> StoredFileInfo: ...
+    def delete_prefix(self, prefix: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str
+    stream: BinaryIO
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_files: int
+    max_file_bytes: int
+    max_total_bytes: int
+    allowed_extensions: frozenset[str]
+
+
+def expert_prefix(expert_id: str) -> str:
+    return f"experts/{expert_id}/"
+
+
+def file_key(expert_id: str, file_id: str, filename: str) -> str:
+    return f"{expert_prefix(expert_id)}{file_id}/{filename}"
+
+
+def safe_filename(raw: str | None) -> str:
+    """The name a user sees, made safe to store: no folders, no control characters, bounded."""
+    name = unicodedata.normalize("NFC", raw or "")
+    name = PurePath(name.replace("\\", "/")).name
+    name = re.sub(r"[\x00-\x1f\x7f/]", "", name).strip().lstrip(".")
+    if not name:
+        raise UploadRejected("every file needs a name")
+    if len(name) > MAX_FILENAME_CHARS:
+        stem, dot, ext = name.rpartition(".")
+        ext = f".{ext}" if dot and len(ext) <= 10 else ""
+        name = (stem if dot else name)[: MAX_FILENAME_CHARS - len(ext)] + ext
+    return name
+
+
+def _extension(filename: str) -> str:
+    suffix = PurePath(filename).suffix.lower()
+    return suffix
+
+
+def validate_request(name: str, uploads: Sequence[Upload], limits: UploadLimits) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise UploadRejected("the expert needs a name")
+    if len(name) > 200:
+        raise UploadRejected("the expert's name is longer than 200 characters")
+    if not uploads:
+        raise UploadRejected("upload at least one file")
+    if len(uploads) > limits.max_files:
+        raise UploadRejected(f"too many files: {len(uploads)} (at most {limits.max_files})", 413)
+    for upload in uploads:
+        ext = _extension(safe_filename(upload.filename))
+        if ext not in limits.allowed_extensions:
+            allowed = ", ".join(sorted(limits.allowed_extensions))
+            shown = ext or "no extension"
+            raise UploadRejected(
+                f"unsupported file type ({shown}) for '{upload.filename}'; supported: {allowed}", 415
+            )
+    return name
+
+
+def create_expert(
+    db: Session,
+    storage: ExpertFileStorage,
+    *,
+    name: str,
+    uploads: Sequence[Upload],
+    limits: UploadLimits,
+    agent_id: str | None = None,
+    queued: bool = True,
+) -> tuple[Expert, ExpertProcessingProgress]:
+    name = validate_request(name, uploads, limits)
+    expert = Expert(id=str(uuid.uuid4()), name=name, agent_id=agent_id)
+    rows: list[ExpertFile] = []
+    total = 0
+    try:
+        for upload in uploads:
+            filename = safe_filename(upload.filename)
+            file_id = uuid.uuid4().hex
+            try:
+                stored = storage.save(
+                    file_key(expert.id, file_id, filename), upload.stream, max_bytes=limits.max_file_bytes
+                )
+            except ValueError as exc:  # FileTooLarge and friends
+                raise UploadRejected(f"'{filename}': {exc}", 413) from exc
+            total += stored.size_bytes
+            if total > limits.max_total_bytes:
+                raise UploadRejected(f"the upload is larger than the limit of {limits.max_total_bytes} bytes", 413)
+            rows.append(
+                ExpertFile(
+                    id=file_id, expert_id=expert.id, filename=filename, storage_key=stored.key,
+                    size_bytes=stored.size_bytes, content_sha256=stored.sha256,
+                )
+            )
+        db.add(expert)
+        db.flush()
+        db.add_all(rows)
+        db.flush()
+        progress = ExpertProcessingProgressService(db).create_progress_record(
+            expert_id=expert.id, agent_id=agent_id, total_files=len(rows), queued=queued
+        )
+    except BaseException:
+        db.rollback()
+        storage.delete_prefix(expert_prefix(expert.id))
+        raise
+    return expert, progress
+
+
+def get_expert(db: Session, expert_id: str) -> Expert | None:
+    return db.get(Expert, expert_id)
+
+
+def list_experts(db: Session) -> list[Expert]:
+    return list(db.scalars(select(Expert).order_by(Expert.created_at.desc(), Expert.id)))
+
+
+def files_of(db: Session, expert_ids: Sequence[str]) -> dict[str, list[ExpertFile]]:
+    result: dict[str, list[ExpertFile]] = {expert_id: [] for expert_id in expert_ids}
+    if expert_ids:
+        query = select(ExpertFile).where(ExpertFile.expert_id.in_(expert_ids))
+        for row in db.scalars(query.order_by(ExpertFile.created_at, ExpertFile.id)):
+            result[row.expert_id].append(row)
+    return result
+
+
+def delete_expert_rows(db: Session, expert_id: str) -> bool:
+    """Remove the expert, its file rows, progress and history. Stored data is the caller's."""
+    expert = db.get(Expert, expert_id)
+    if expert is None:
+        return False
+    db.query(ExpertFile).filter(ExpertFile.expert_id == expert_id).delete()
+    db.delete(expert)
+    db.flush()
+    ExpertProcessingProgressService(db).delete_progress(expert_id)  # commits
+    return True

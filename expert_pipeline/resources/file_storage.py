@@ -1,0 +1,85 @@
+"""Where uploaded files live: a local directory by default (S3 in production)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import BinaryIO, NamedTuple, Protocol
+
+import dagster as dg
+
+
+_CHUNK = 1024 * 1024
+
+
+class StoredFile(NamedTuple):
+    key: str
+    size_bytes: int
+    sha256: str
+
+
+class FileTooLarge(ValueError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"file is larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
+class FileMissing(FileNotFoundError):
+    pass
+
+
+class FileStorage(Protocol):
+    def save(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> StoredFile: ...
+    def fetch(self, key: str, destination: Path) -> int: ...
+    def delete_prefix(self, prefix: str) -> int: ...
+
+
+class LocalFileStorage(dg.ConfigurableResource):
+    """Files under a local directory; keys are relative paths below it."""
+
+    root: str
+
+    def _path(self, key: str) -> Path:
+        root = Path(self.root).resolve()
+        path = (root / key).resolve()
+        # Keys are built by us from sanitised names, but a storage layer must never write
+        # outside its root whatever it is handed.
+        if root not in path.parents:
+            raise ValueError(f"storage key escapes the storage root: {key!r}")
+        return path
+
+    def save(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> StoredFile:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(partial, "wb") as out:
+                while block := stream.read(_CHUNK):
+                    size += len(block)
+                    if max_bytes is not None and size > max_bytes:
+                        raise FileTooLarge(max_bytes)
+                    digest.update(block)
+                    out.write(block)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return StoredFile(key=key, size_bytes=size, sha256=digest.hexdigest())
+
+    def fetch(self, key: str, destination: Path) -> int:
+        source = self._path(key)
+        if not source.is_file():
+            raise FileMissing(f"stored file is missing: {key}")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+        return source.stat().st_size
+
+    def delete_prefix(self, prefix: str) -> int:
+        path = self._path(prefix.rstrip("/"))
+        if not path.exists():
+            return 0
+        count = sum(1 for p in path.rglob("*") if p.is_file())
+        shutil.rmtree(path)
+        return count

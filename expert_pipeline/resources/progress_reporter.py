@@ -1,0 +1,125 @@
+"""The pipeline's one way of writing progress: a Dagster resource over the progress service.
+
+Batch-level updates are coalesced (at most one write per `min_write_interval_seconds`, the
+newest state wins), while stage changes, file results and final states are written at once.
+The time spent writing is measured so benchmarks can show that tracking costs almost nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import dagster as dg
+from dagster._core.errors import DagsterExecutionInterruptedError
+from pydantic import PrivateAttr
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from expert_pipeline.core.db import engine_for
+from expert_pipeline.core.models import Stage
+from expert_pipeline.core.progress_service import ExpertProcessingProgressService
+
+
+class IngestFailed(Exception):
+    """The expert cannot be completed; the message is shown to the user as is."""
+
+
+class ExpertProgress:
+    """Progress writes for one expert within one step of a run."""
+
+    def __init__(self, engine: Engine, expert_id: str, min_interval: float) -> None:
+        self.engine = engine
+        self.expert_id = expert_id
+        self.min_interval = min_interval
+        self.seconds_writing = 0.0
+        self.writes = 0
+        self._pending: dict[str, Any] | None = None
+        self._last_write = 0.0
+
+    def _call(self, method: str, /, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        with Session(self.engine, expire_on_commit=False) as session:
+            result = getattr(ExpertProcessingProgressService(session), method)(**kwargs)
+        self.seconds_writing += time.perf_counter() - started
+        self.writes += 1
+        return result
+
+    def start_run(self, run_id: str, total_files: int) -> None:
+        self._call("start_run", expert_id=self.expert_id, run_id=run_id, total_files=total_files)
+
+    def stage(self, stage: Stage, percentage: float, message: str | None = None, **fields: Any) -> None:
+        """Enter a stage: written at once (with any coalesced update folded in), with an event."""
+        pending, self._pending = self._pending or {}, None
+        pending.pop("progress_percentage", None)
+        self._call(
+            "update_progress", expert_id=self.expert_id,
+            **{**pending, **fields, "stage": stage.value, "progress_percentage": percentage,
+               "event_message": message},
+        )
+        self._last_write = time.monotonic()
+
+    def update(self, percentage: float, *, force: bool = False, **fields: Any) -> None:
+        """A batch-level update: coalesced, the newest state wins."""
+        merged = dict(self._pending or {})
+        if "details" in merged and "details" in fields:
+            fields["details"] = {**merged["details"], **fields["details"]}
+        merged.update(fields, progress_percentage=percentage)
+        self._pending = merged
+        if force or time.monotonic() - self._last_write >= self.min_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending, None
+        self._call("update_progress", expert_id=self.expert_id, **pending)
+        self._last_write = time.monotonic()
+
+    def event(self, message: str, data: Mapping[str, Any] | None = None) -> None:
+        self.flush()
+        self._call("record_event", expert_id=self.expert_id, message=message, data=data)
+
+    def completed(self, metadata: Mapping[str, Any] | None = None) -> None:
+        self._pending = None
+        self._call("mark_completed", expert_id=self.expert_id, metadata=metadata)
+
+    def failed(self, message: str) -> None:
+        self._pending = None
+        self._call("mark_failed", expert_id=self.expert_id, error_message=message)
+
+    def cancelled(self, reason: str) -> None:
+        self._pending = None
+        self._call("mark_cancelled", expert_id=self.expert_id, reason=reason)
+
+    @contextmanager
+    def guard(self, what: str) -> Iterator[ExpertProgress]:
+        """Whatever ends a step early ends in the progress row with a readable message."""
+        try:
+            yield self
+            self.flush()
+        except DagsterExecutionInterruptedError:
+            self.cancelled("Cancelled: the run was stopped")
+            raise
+        except IngestFailed as exc:
+            self.failed(str(exc))
+            raise dg.Failure(description=str(exc)) from exc
+        except Exception as exc:
+            self.failed(f"{what} failed: {exc.__class__.__name__}: {exc}")
+            raise
+
+
+class ProgressReporter(dg.ConfigurableResource):
+    """Writes expert progress into the progress table through the progress service."""
+
+    database_url: str
+    min_write_interval_seconds: float = 0.5
+
+    _engine: Engine | None = PrivateAttr(default=None)
+
+    def for_expert(self, expert_id: str) -> ExpertProgress:
+        if self._engine is None:
+            self._engine = engine_for(self.database_url)
+        return ExpertProgress(self._engine, expert_id, self.min_write_interval_seconds)

@@ -1,0 +1,292 @@
+"""Where an expert's vectors live: the interface the pipeline uses, and an embedded LanceDB store.
+
+Each expert has its own namespace (a Pinecone namespace in production; a LanceDB table here),
+so deleting an expert is dropping one namespace and a query can never see another expert's
+chunks. Vector ids are deterministic, so writing the same chunks again replaces them instead of
+adding copies.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+from pydantic import PrivateAttr
+
+if TYPE_CHECKING:
+    from lancedb.db import DBConnection
+    from lancedb.table import Table
+
+
+MetadataValue = str | int | float
+
+
+@dataclass(frozen=True)
+class VectorRecord:
+    id: str
+    values: list[float]
+    metadata: dict[str, MetadataValue]
+
+
+@dataclass(frozen=True)
+class VectorMatch:
+    id: str
+    score: float
+    """Cosine similarity: 1 for the same direction, higher is closer."""
+    metadata: dict[str, MetadataValue]
+
+
+class VectorStore(Protocol):
+    def upsert(self, namespace: str, records: Sequence[VectorRecord]) -> int:
+        """Insert or replace records by id; the number of records written."""
+        ...
+
+    def count(self, namespace: str) -> int: ...
+
+    def query(self, namespace: str, vector: Sequence[float], top_k: int = 5) -> list[VectorMatch]:
+        """The `top_k` nearest records by cosine similarity, best first."""
+        ...
+
+    def delete_namespace(self, namespace: str) -> None: ...
+
+    def delete_ids(self, namespace: str, ids: Sequence[str]) -> None: ...
+
+
+def vector_id(expert_id: str, file_id: str, chunk_index: int) -> str:
+    """The id of a chunk's vector: the same inputs always give the same id.
+
+    Readable and prefix-ordered ("<expert>:<file>:<chunk>") so every vector of one file can be
+    found by id prefix (Pinecone can list ids by prefix but cannot delete by metadata on
+    serverless indexes). The parts are percent-encoded, which escapes ":" and "%", so
+    different inputs can never produce the same id and the id is plain ASCII.
+    """
+    if isinstance(chunk_index, bool) or not isinstance(chunk_index, int) or chunk_index < 0:
+        raise ValueError(f"chunk_index must be a non-negative integer, not {chunk_index!r}")
+    if not expert_id or not file_id:
+        raise ValueError("expert_id and file_id must not be empty")
+    return f"{quote(expert_id, safe='')}:{quote(file_id, safe='')}:{chunk_index}"
+
+
+# Metadata is stored as typed columns (not a JSON blob) so it can be filtered and read cheaply.
+_STRING_FIELDS = ("expert_id", "file_id", "filename", "text")
+_INT_FIELDS = ("page", "chunk_index")
+METADATA_FIELDS = ("expert_id", "file_id", "filename", "page", "chunk_index", "text")
+
+_PLAIN_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+_MAX_ENCODED_NAMESPACE_BYTES = 100
+# Big enough to keep each delete's filter expression small, however many ids are passed.
+_DELETE_BATCH = 1000
+
+# Guards creating the shared connection; module-level rather than a private attribute because
+# a lock cannot be copied, and resource instances may be.
+_CONNECT_LOCK = threading.Lock()
+
+
+def table_name(namespace: str) -> str:
+    """The LanceDB table that holds `namespace`.
+
+    Expert ids (lowercase UUIDs) map to a readable "expert_<id>". Anything else (capitals,
+    other punctuation, non-ASCII) is hex-encoded behind "expert_x_": table names become
+    directory names, so they must not contain separators or "..", must stay distinct on
+    case-insensitive file systems, and must map one-to-one with namespaces. The two forms cannot
+    collide because the readable form never contains "_".
+    """
+    if _PLAIN_NAMESPACE.fullmatch(namespace):
+        return f"expert_{namespace}"
+    encoded = namespace.encode("utf-8")
+    if not encoded:
+        raise ValueError("namespace must not be empty")
+    if len(encoded) > _MAX_ENCODED_NAMESPACE_BYTES:
+        raise ValueError(f"namespace is too long ({len(encoded)} bytes): {namespace[:40]!r}...")
+    return f"expert_x_{encoded.hex()}"
+
+
+def _schema(dimensions: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("vector", pa.list_(pa.float32(), dimensions), nullable=False),
+            *(pa.field(name, pa.string()) for name in ("expert_id", "file_id", "filename")),
+            pa.field("page", pa.int64()),
+            pa.field("chunk_index", pa.int64()),
+            pa.field("text", pa.string()),
+        ]
+    )
+
+
+def _table_dimensions(table: Table) -> int:
+    vector_type = table.schema.field("vector").type
+    if not isinstance(vector_type, pa.FixedSizeListType):
+        raise ValueError(f"table {table.name!r} was not written by this store (vector is {vector_type})")
+    return vector_type.list_size
+
+
+def _metadata_value(name: str, value: Any) -> MetadataValue:
+    if name in _INT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"metadata {name!r} must be an integer, not {value!r}")
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f"metadata {name!r} must be a string, not {value!r}")
+    return value
+
+
+def _to_arrow(records: Sequence[VectorRecord]) -> pa.Table:
+    dimensions = len(records[0].values)
+    if dimensions == 0:
+        raise ValueError("vectors must not be empty")
+    columns: dict[str, list[Any]] = {name: [] for name in METADATA_FIELDS}
+    for record in records:
+        if len(record.values) != dimensions:
+            raise ValueError(
+                f"record {record.id!r} has {len(record.values)} values; the batch has {dimensions}"
+            )
+        unknown = set(record.metadata) - set(METADATA_FIELDS)
+        if unknown:
+            # Rejected rather than dropped: silently losing metadata would only show up much
+            # later, as a chat answer that cannot cite its source.
+            raise ValueError(f"record {record.id!r} has unknown metadata {sorted(unknown)}")
+        for name in METADATA_FIELDS:
+            value = record.metadata.get(name)
+            # Missing fields are stored as null (and left out again when read), not invented.
+            columns[name].append(None if value is None else _metadata_value(name, value))
+    flat = np.asarray([record.values for record in records], dtype=np.float32).reshape(-1)
+    return pa.table(
+        {
+            "id": pa.array([record.id for record in records], pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dimensions),
+            **{name: pa.array(columns[name], pa.string()) for name in _STRING_FIELDS},
+            **{name: pa.array(columns[name], pa.int64()) for name in _INT_FIELDS},
+        },
+        schema=_schema(dimensions),
+    )
+
+
+class LanceDBVectorStore(dg.ConfigurableResource):
+    """Embedded LanceDB on local disk: one table per namespace under `uri`.
+
+    Writes are transactional per table (Lance commits a new version atomically), and different
+    namespaces are different tables in different directories, so concurrent writers to
+    different experts never contend; concurrent writers to one expert are retried by Lance.
+    """
+
+    uri: str
+
+    _connection: DBConnection | None = PrivateAttr(default=None)
+
+    @property
+    def connection(self) -> DBConnection:
+        if self._connection is None:
+            with _CONNECT_LOCK:
+                if self._connection is None:
+                    import lancedb
+
+                    # Run workers and the status API are separate processes writing and reading
+                    # the same tables; checking for newer versions on every read (a cheap
+                    # manifest check on local disk) keeps count() exact right after another
+                    # process's upsert. The default (never re-check) would serve stale counts.
+                    self._connection = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
+        return self._connection
+
+    def _open(self, namespace: str) -> Table | None:
+        name = table_name(namespace)
+        try:
+            return self.connection.open_table(name)
+        except ValueError:
+            # lancedb reports a missing table as a plain ValueError; confirm it really is missing
+            # (listing tables only on this rare path) instead of parsing the message.
+            if name in self.connection:
+                raise
+            return None
+
+    def _open_or_create(self, namespace: str, dimensions: int) -> Table:
+        table = self._open(namespace)
+        if table is None:
+            # exist_ok: another worker may create the same table between our check and here.
+            table = self.connection.create_table(
+                table_name(namespace), schema=_schema(dimensions), exist_ok=True
+            )
+        stored = _table_dimensions(table)
+        if stored != dimensions:
+            raise ValueError(
+                f"namespace {namespace!r} holds {stored}-dimensional vectors, not {dimensions}"
+            )
+        return table
+
+    def upsert(self, namespace: str, records: Sequence[VectorRecord]) -> int:
+        if not records:
+            return 0
+        # merge_insert's behaviour is undefined when one batch holds an id twice; the last
+        # record for an id wins, as it would with two separate upserts.
+        unique = list({record.id: record for record in records}.values())
+        data = _to_arrow(unique)
+        table = self._open_or_create(namespace, len(unique[0].values))
+        (
+            table.merge_insert("id")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(data)
+        )
+        return len(unique)
+
+    def count(self, namespace: str) -> int:
+        table = self._open(namespace)
+        return 0 if table is None else table.count_rows()
+
+    def query(self, namespace: str, vector: Sequence[float], top_k: int = 5) -> list[VectorMatch]:
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, not {top_k}")
+        table = self._open(namespace)
+        if table is None:
+            return []
+        dimensions = _table_dimensions(table)
+        if len(vector) != dimensions:
+            raise ValueError(
+                f"query has {len(vector)} values; namespace {namespace!r} holds {dimensions}-dimensional vectors"
+            )
+        # No ANN index is built: an expert's table holds thousands of chunks, and a flat scan
+        # is exact and takes milliseconds below ~100k rows. An IVF index would need training
+        # data (hundreds of rows per partition), go stale after every upsert, and trade recall
+        # for speed that is not needed at this size.
+        # "_distance" is selected explicitly: lancedb 0.40 still adds it to a projection on its
+        # own but warns that it will stop doing so.
+        rows = (
+            table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
+            .distance_type("cosine")
+            .select(["id", *METADATA_FIELDS, "_distance"])
+            .limit(top_k)
+            .to_list()
+        )
+        return [
+            VectorMatch(
+                id=row["id"],
+                # LanceDB's cosine distance is 1 - cosine similarity.
+                score=1.0 - float(row["_distance"]),
+                metadata={name: row[name] for name in METADATA_FIELDS if row.get(name) is not None},
+            )
+            for row in rows
+        ]
+
+    def delete_namespace(self, namespace: str) -> None:
+        self.connection.drop_table(table_name(namespace), ignore_missing=True)
+
+    def delete_ids(self, namespace: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        table = self._open(namespace)
+        if table is None:
+            return
+        from lancedb.expr import col, lit
+
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), _DELETE_BATCH):
+            # An expression, not an SQL string: ids are never quoted or escaped by hand.
+            table.delete(col("id").isin([lit(i) for i in unique[start : start + _DELETE_BATCH]]))

@@ -1,0 +1,126 @@
+"""Sensors: new experts start runs; runs that die end in a truthful progress row."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from sqlalchemy.orm import Session
+
+from expert_pipeline.core.db import engine_for
+from expert_pipeline.core.progress_service import ExpertProcessingProgressService
+from expert_pipeline.core.settings import Settings
+from expert_pipeline.definitions import build_definitions
+from expert_pipeline.parts import build_resources
+from expert_pipeline.partitions import experts
+from expert_pipeline.sensors import ingest_cancelled_sensor, ingest_failure_sensor, pending_experts_sensor
+from tests.pipeline_helpers import create_expert
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def _txt(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.write_text("Some text about tides and the moon. " * 20)
+    return path
+
+
+def _progress(settings: Settings, expert_id: str) -> tuple[str, str | None]:
+    with Session(engine_for(settings.resolved_database_url)) as session:
+        record = ExpertProcessingProgressService(session).get_progress(expert_id)
+        assert record is not None
+        return record.status, record.error_message
+
+
+def test_definitions_load(settings: Settings) -> None:
+    defs = build_definitions(settings)
+    assert defs.resolve_job_def("ingest_expert").partitions_def == experts
+    assert {s.name for s in defs.sensors or []} == {
+        "pending_experts_sensor", "ingest_failure_sensor", "ingest_cancelled_sensor",
+    }
+    assert [s.name for s in defs.schedules or []] == ["cleanup_job_schedule"]
+
+
+def test_pending_sensor_requests_one_run_per_waiting_expert(
+    settings: Settings, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    first = create_expert(settings, [_txt(tmp_path, "a.txt")])
+    second = create_expert(settings, [_txt(tmp_path, "b.txt")])
+    done = create_expert(settings, [_txt(tmp_path, "c.txt")])
+    with Session(engine_for(settings.resolved_database_url)) as session:
+        ExpertProcessingProgressService(session).mark_completed(expert_id=done)
+
+    context = dg.build_sensor_context(instance=instance, resources=build_resources(settings))
+    result = pending_experts_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    assert sorted(r.partition_key for r in result.run_requests or []) == sorted([first, second])
+    assert len({r.run_key for r in result.run_requests or []}) == 2
+    (add,) = result.dynamic_partitions_requests or []
+    assert sorted(add.partition_keys) == sorted([first, second])
+
+    # Once the partitions exist, the next tick asks for no new ones and repeats the same run
+    # keys, which Dagster deduplicates: an expert never gets two runs for one request.
+    instance.add_dynamic_partitions(experts.name, [first, second])
+    again = pending_experts_sensor(dg.build_sensor_context(instance=instance, resources=build_resources(settings)))
+    assert again.dynamic_partitions_requests == []
+    assert {r.run_key for r in again.run_requests or []} == {r.run_key for r in result.run_requests or []}
+
+
+class BrokenStorage(dg.ConfigurableResource):
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        raise ConnectionError("storage endpoint refused the connection")
+
+
+def test_failure_outside_asset_code_marks_expert_failed(
+    settings: Settings, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    expert_id = create_expert(settings, [_txt(tmp_path, "a.txt")])
+    instance.add_dynamic_partitions(experts.name, [expert_id])
+    job = build_definitions(settings).resolve_job_def("ingest_expert")
+    result = job.execute_in_process(
+        partition_key=expert_id, instance=instance, raise_on_error=False,
+        resources={"file_storage": BrokenStorage()},
+    )
+    assert not result.success
+    assert _progress(settings, expert_id)[0] == "pending"  # no asset code ran to report it
+
+    run = instance.get_run_by_id(result.run_id)
+    assert run is not None
+    failure = result.get_run_failure_event()
+    context = dg.build_run_status_sensor_context(
+        sensor_name="ingest_failure_sensor", dagster_event=failure, dagster_instance=instance,
+        dagster_run=run, resources=build_resources(settings),
+    ).for_run_failure()
+    ingest_failure_sensor(context)
+    status, message = _progress(settings, expert_id)
+    assert status == "failed"
+    assert message is not None and message.startswith("Processing stopped unexpectedly")
+
+
+def test_cancelled_run_marks_expert_cancelled(
+    settings: Settings, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    expert_id = create_expert(settings, [_txt(tmp_path, "a.txt")])
+    job = build_definitions(settings).resolve_job_def("ingest_expert")
+    run = instance.create_run_for_job(job, tags={"dagster/partition": expert_id})
+    instance.report_run_canceling(run)
+    instance.report_run_canceled(run)
+    run = instance.get_run_by_id(run.run_id)
+    assert run is not None and run.status == dg.DagsterRunStatus.CANCELED
+    event = next(
+        e.dagster_event for e in instance.all_logs(run.run_id)
+        if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_CANCELED
+    )
+    context = dg.build_run_status_sensor_context(
+        sensor_name="ingest_cancelled_sensor", dagster_event=event, dagster_instance=instance,
+        dagster_run=run, resources=build_resources(settings),
+    )
+    ingest_cancelled_sensor(context)
+    status, message = _progress(settings, expert_id)
+    assert status == "cancelled" and message is not None and run.run_id in message
