@@ -23,7 +23,7 @@ migrate: install
 	$(BIN)/expert-pipeline migrate
 
 up: install
-	$(BIN)/expert-pipeline up --api-only
+	$(BIN)/expert-pipeline up
 
 api: install
 	$(BIN)/expert-pipeline up --api-only

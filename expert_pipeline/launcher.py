@@ -42,6 +42,8 @@ def run_servers(api_only: bool = False) -> int:
         urls["Dagster UI"] = f"http://127.0.0.1:{settings.dagster_webserver_port}"
         urls["dashboard"] = f"http://{settings.status_api_host}:{settings.status_api_port}/dashboard"
 
+    # `kill` and service managers send SIGTERM; stop the children then too, not only on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     processes = {
         name: subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, start_new_session=True)
         for name, cmd in commands.items()

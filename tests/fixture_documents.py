@@ -176,7 +176,8 @@ def _sentence(rng: random.Random) -> str:
     if template == 0:
         return f"In {year}, {name} {rng.choice(_VERBS)} {count} {subject} in {place}."
     if template == 1:
-        return f"The {subject} of {place} were {rng.choice(_QUALITIES)}, according to {name}'s notes from {year}."
+        quality = rng.choice(_QUALITIES)
+        return f"The {subject} of {place} were {quality}, according to {name}'s notes from {year}."
     if template == 2:
         return (
             f"{rng.choice(_CONNECTIVES)}, {name} {rng.choice(_VERBS)} the {subject} again "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from expert_pipeline.text.extraction import (
     ExtractionError,
     PageText,
     extract_pages,
+    normalize_whitespace,
 )
 from tests.fixture_documents import (
     HTML_SCRIPT_MARKER,
@@ -73,29 +75,76 @@ def test_pdf_encrypted_without_user_password_is_read(tmp_path: Path) -> None:
     assert _flat(pages[0].text) == _flat(sample_paragraphs(1, seed=2)[0])
 
 
-def test_pdf_parser_warnings_are_collected_not_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+class _RootRecords(logging.Handler):
+    """Stands in for the console handler an application installs on the root logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_pdf_parser_warnings_are_collected_not_logged(tmp_path: Path) -> None:
     pdf = make_pdf(tmp_path / "sloppy.pdf", sample_paragraphs(2, seed=8))
     # A wrong startxref offset is a classic producer bug pypdf repairs, with warnings.
-    damaged = re.sub(rb"startxref\s+(\d+)", lambda m: b"startxref\n" + str(int(m[1]) + 7).encode(), pdf.read_bytes())
-    pdf.write_bytes(damaged)
+    wrong_offset = re.sub(rb"startxref\s+(\d+)", lambda m: b"startxref %d" % (int(m[1]) + 7), pdf.read_bytes())
+    pdf.write_bytes(wrong_offset)
     collected: list[str] = []
-
-    with caplog.at_level(logging.INFO):
+    root, console = logging.getLogger(), _RootRecords()
+    root.addHandler(console)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    try:
         pages = list(extract_pages(pdf, warnings=collected))
+    finally:
+        root.removeHandler(console)
+        root.setLevel(old_level)
 
     assert len(pages) == 2 and _flat(pages[1].text) == _flat(sample_paragraphs(2, seed=8)[1])
     assert any("startxref" in w for w in collected)
-    assert not [r for r in caplog.records if r.name.startswith("pypdf")]
-    assert any(f"{len(collected)} warnings" in r.getMessage() for r in caplog.records)
+    # (pytest's own capture handlers sit on the pypdf logger itself, so they are not checked.)
+    assert not [r for r in console.records if r.name.startswith("pypdf")]
+    assert [r.getMessage() for r in console.records if r.name.startswith("expert_pipeline")] == [
+        f"pypdf reported {len(collected)} warnings while reading sloppy.pdf"
+    ]
+
+
+def test_pypdf_logs_outside_extraction_still_reach_the_root_logger(tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "plain.pdf", sample_paragraphs(1))
+    list(extract_pages(pdf))  # installs the routing
+    root, console = logging.getLogger(), _RootRecords()
+    root.addHandler(console)
+    try:
+        logging.getLogger("pypdf._reader").warning("someone else's pypdf use")
+    finally:
+        root.removeHandler(console)
+
+    assert [r.getMessage() for r in console.records] == ["someone else's pypdf use"]
 
 
 def test_text_file_utf8_with_bom_and_whitespace_normalised(tmp_path: Path) -> None:
     source = tmp_path / "notes.txt"
-    source.write_bytes("\ufeffCafé   au\tlait\x00 costs\r\n\r\n\r\n\r\nfour   euros.\n".encode())
+    source.write_bytes("\ufeffCafé   au\tlait\x0b costs\r\n\r\n\r\n\r\nfour \u00a0 euros.\n".encode())
 
     pages = list(extract_pages(source))
 
     assert pages == [PageText(page=1, text="Café au lait costs\n\nfour euros.")]
+
+
+def test_text_file_utf16_with_bom(tmp_path: Path) -> None:
+    # Windows editors still save "Unicode" text as UTF-16, which is full of NUL bytes.
+    source = tmp_path / "windows.txt"
+    source.write_bytes("Größe: zwölf Meter.\r\n".encode("utf-16"))
+
+    assert [p.text for p in extract_pages(source)] == ["Größe: zwölf Meter."]
+
+
+def test_normalize_whitespace_strips_nul_and_keeps_paragraphs() -> None:
+    raw = "  Tides\x00 rise\t\ttwice   a day.\n\n\n\n  Moon\u00a0pulls. \n"
+
+    assert normalize_whitespace(raw) == "Tides rise twice a day.\n\nMoon pulls."
 
 
 def test_text_file_latin1_fallback(tmp_path: Path) -> None:
@@ -143,7 +192,8 @@ def test_html_drops_script_and_style_and_keeps_sentences_whole(tmp_path: Path) -
 
 def test_docx_paragraphs_and_table_cells(tmp_path: Path) -> None:
     paragraphs = sample_paragraphs(3, seed=6)
-    document = make_docx(tmp_path / "report.docx", paragraphs, table=[["Site", "Count"], ["Cork", "42 kettles"]])
+    table = [["Site", "Count"], ["Cork", "42 kettles"]]
+    document = make_docx(tmp_path / "report.docx", paragraphs, table=table)
 
     pages = list(extract_pages(document))
     blocks = "\n\n".join(p.text for p in pages).split("\n\n")
@@ -226,6 +276,14 @@ def test_unreadable_file_raises_with_kind_and_reason(case: str, tmp_path: Path) 
     assert error.kind == kind
     assert fragment in str(error)
     assert len(str(error)) < 200 and "Traceback" not in str(error)
+
+
+def test_error_survives_pickling_with_its_kind(tmp_path: Path) -> None:
+    error = _extract_error(make_encrypted_pdf(tmp_path / "locked.pdf"))
+
+    copy = pickle.loads(pickle.dumps(error))
+
+    assert (copy.kind, str(copy)) == (error.kind, str(error))
 
 
 def test_unsupported_message_lists_supported_types(tmp_path: Path) -> None:

@@ -46,6 +46,10 @@ class Embedder(Protocol):
         """One L2-normalised vector per text, in the same order."""
         ...
 
+    def warm_up(self) -> float:
+        """Get ready (load a model, open a client); returns the seconds it took."""
+        ...
+
 
 LOCAL_MODEL_NAME = "all-MiniLM-L6-v2"
 

@@ -27,6 +27,8 @@ _SENTENCE_END = re.compile(r"(?:(?<=[.!?…])|(?<=[.!?…][\"'”’)\]]))\s+")
 _LINE_BREAK = re.compile(r"\s*\n\s*")
 _WORD_GAP = re.compile(r"\s+")
 _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
+# Upper bound on characters per token when slicing a giant word (tokens average ~4 chars).
+_MAX_CHARS_PER_TOKEN = 8
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class _ChunkBuilder:
         pending = deque([piece])
         while pending:
             candidate = pending.popleft()
-            if self.tokens + candidate.tokens <= self.max_tokens:
+            if self.tokens + candidate.tokens <= self.max_tokens or not self.current:
                 self._append(candidate)
             elif len(self.current) == self.carried:
                 # Only overlap so far: shorten it. Once it is gone the piece fits, because
@@ -180,7 +182,9 @@ def _own_tokens(text: str, count_tokens: TokenCounter, overhead: int) -> int:
     return max(count_tokens(text) - overhead, 1)
 
 
-def _pieces(pages: Iterable[PageText], count_tokens: TokenCounter, overhead: int, budget: int) -> Iterator[_Piece]:
+def _pieces(
+    pages: Iterable[PageText], count_tokens: TokenCounter, overhead: int, budget: int
+) -> Iterator[_Piece]:
     """The sentences of every page in order, each split further only if too long for a chunk."""
     for page in pages:
         # A page break mostly falls inside running text; a paragraph break is a blank line.
@@ -213,35 +217,48 @@ _FINER = (_LINE_BREAK, _WORD_GAP)
 
 
 def _fit(
-    text: str, count_tokens: TokenCounter, overhead: int, budget: int, level: int
+    text: str, count_tokens: TokenCounter, overhead: int, budget: int, level: int, tokens: int | None = None
 ) -> Iterator[tuple[str, str | None, int]]:
     """(part, gap before it, tokens) with every part within `budget`; the first gap is None.
 
     Only text that is over the budget is split again, so ordinary sentences are counted once.
+    `tokens` is the count of `text` when the caller already knows it.
     """
-    tokens = _own_tokens(text, count_tokens, overhead)
+    if tokens is None:
+        tokens = _own_tokens(text, count_tokens, overhead)
     if tokens <= budget:
         yield text, None, tokens
         return
     if level == len(_FINER):
-        for i, part in enumerate(_hard_split(text, count_tokens, overhead, budget)):
-            yield part, None if i == 0 else "", _own_tokens(part, count_tokens, overhead)
+        for i, (part, part_tokens) in enumerate(_hard_split(text, count_tokens, overhead, budget)):
+            yield part, None if i == 0 else "", part_tokens
+        return
+    parts = list(_split_keeping_gaps(text, _FINER[level], ""))
+    if len(parts) == 1 and parts[0][0] == text:
+        # Nothing to split at this level: go finer without measuring the same text again.
+        yield from _fit(text, count_tokens, overhead, budget, level + 1, tokens)
         return
     first = True
-    for part, gap in _split_keeping_gaps(text, _FINER[level], ""):
+    for part, gap in parts:
         for sub, sub_gap, sub_tokens in _fit(part, count_tokens, overhead, budget, level + 1):
             yield sub, (None if first else gap) if sub_gap is None else sub_gap, sub_tokens
             first = False
 
 
-def _hard_split(text: str, count_tokens: TokenCounter, overhead: int, budget: int) -> Iterator[str]:
+def _hard_split(
+    text: str, count_tokens: TokenCounter, overhead: int, budget: int
+) -> Iterator[tuple[str, int]]:
     """Cut one word with no spaces (a URL, a hash, a base64 blob) into slices that fit."""
     while text:
-        size = len(text)
-        while size > 1 and (tokens := count_tokens(text[:size]) - overhead) > budget:
+        # Start from a slice a few times the budget in characters, never from the whole rest:
+        # counting a megabyte blob again for every slice would be quadratic.
+        size = min(len(text), budget * _MAX_CHARS_PER_TOKEN)
+        tokens = _own_tokens(text[:size], count_tokens, overhead)
+        while size > 1 and tokens > budget:
             # Shrink in proportion to the excess, a little more to converge in few tries.
             size = max(1, min(size - 1, size * budget * 9 // (10 * tokens)))
-        yield text[:size]
+            tokens = _own_tokens(text[:size], count_tokens, overhead)
+        yield text[:size], tokens
         text = text[size:]
 
 

@@ -19,7 +19,14 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final, Literal
+from typing import IO, TYPE_CHECKING, Final, Literal
+
+if TYPE_CHECKING:
+    # Parsers are imported where used, so importing this module (the API does, for
+    # SUPPORTED_EXTENSIONS) stays cheap.
+    from docx.document import Document as DocxDocument
+    from docx.table import Table
+    from pypdf import PdfReader
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +67,11 @@ class ExtractionError(Exception):
     def __repr__(self) -> str:
         return f"ExtractionError(kind={self.kind!r}, message={str(self)!r})"
 
+    def __reduce__(self) -> tuple[type[ExtractionError], tuple[str, str]]:
+        # Default exception pickling passes only the message back to __init__; keep the kind
+        # too, so the error survives a trip between processes.
+        return (type(self), (self.kind, str(self)))
+
 
 def extract_pages(
     path: Path,
@@ -85,15 +97,12 @@ def extract_pages(
     extension = Path(name).suffix.lower()
     if extension not in SUPPORTED_EXTENSIONS:
         raise ExtractionError("unsupported_type", _unsupported_message(extension))
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError as exc:
-        raise ExtractionError("corrupt", "file is missing") from exc
-    if size == 0:
+    # A missing file is the pipeline's fault, not the user's: FileNotFoundError propagates.
+    if path.stat().st_size == 0:
         raise ExtractionError("empty", "file is empty")
 
     if extension == ".pdf":
-        pages = _pdf_pages(path, max_pages, warnings if warnings is not None else [], name)
+        pages = _pdf_pages(path, max_pages, _WarningSink(warnings), name)
     elif extension == ".docx":
         pages = _limit_pages(_sections(_docx_blocks(path), "\n\n"), max_pages)
     elif extension in {".html", ".htm"}:
@@ -183,21 +192,30 @@ def _limit_pages(pages: Iterator[PageText], max_pages: int) -> Iterator[PageText
 # --- plain text and Markdown ------------------------------------------------------------------
 
 
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\f")
+
+
 def _looks_binary(sample: bytes) -> bool:
     if b"\x00" in sample:
         return True
     # Without NULs, a file is still binary if control bytes are common (latin-1 would
     # "decode" it into garbage that gets indexed).
-    control = sum(1 for b in sample if b < 32 and b not in b"\t\n\r\f")
+    control = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
     return bool(sample) and control / len(sample) > 0.05
 
 
 def _text_encoding(path: Path) -> str:
-    """utf-8-sig when the whole file decodes as UTF-8, else latin-1; binary files rejected.
+    """UTF-16 with a BOM, else utf-8-sig when the whole file decodes as UTF-8, else latin-1.
+
+    Files with NUL bytes (and no UTF-16 BOM) or many control bytes are binary and rejected.
 
     The whole file is scanned (in blocks) because a decoding error halfway would otherwise
     surface after half the pages were already yielded.
     """
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"  # its NUL bytes are text; the BOM says so
     decoder = codecs.getincrementaldecoder("utf-8")()
     with path.open("rb") as handle:
         first = True
@@ -247,7 +265,7 @@ _HTML_BLOCKS = (
 
 
 def _html_text(path: Path) -> str:
-    from bs4 import BeautifulSoup  # only HTML needs it; keeps importing this module cheap
+    from bs4 import BeautifulSoup
 
     data = path.read_bytes()
     if b"\x00" in data[:SNIFF_BYTES] and not data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -275,7 +293,7 @@ _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # legacy .doc (and other Offic
 
 def _docx_blocks(path: Path) -> Iterator[str]:
     document = _open_docx(path)
-    from docx.table import Table  # imported late for the same reason as bs4
+    from docx.table import Table
 
     for block in document.iter_inner_content():
         if isinstance(block, Table):
@@ -284,7 +302,7 @@ def _docx_blocks(path: Path) -> Iterator[str]:
             yield block.text
 
 
-def _open_docx(path: Path):  # -> docx.document.Document; untyped to keep docx import lazy
+def _open_docx(path: Path) -> DocxDocument:
     with path.open("rb") as handle:
         head = handle.read(8)
     if head.startswith(_OLE_MAGIC):
@@ -304,9 +322,9 @@ def _open_docx(path: Path):  # -> docx.document.Document; untyped to keep docx i
         raise ExtractionError("corrupt", f"damaged Word (.docx) file: {exc.__class__.__name__}") from exc
 
 
-def _table_text(table: object) -> str:
+def _table_text(table: Table) -> str:
     rows: list[str] = []
-    for row in table.rows:  # type: ignore[attr-defined]
+    for row in table.rows:
         cells: list[str] = []
         for cell in row.cells:
             text = cell.text.strip()
@@ -320,7 +338,22 @@ def _table_text(table: object) -> str:
 
 # --- PDF --------------------------------------------------------------------------------------
 
-_pdf_log_sink: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("pdf_log_sink", default=None)
+class _WarningSink:
+    """Counts parser warnings; keeps their text only if the caller asked for it."""
+
+    def __init__(self, messages: list[str] | None) -> None:
+        self.messages = messages
+        self.count = 0
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if self.messages is not None:
+            self.messages.append(message)
+
+
+_pdf_log_sink: contextvars.ContextVar[_WarningSink | None] = contextvars.ContextVar(
+    "pdf_log_sink", default=None
+)
 _router_lock = threading.Lock()
 _router_installed = False
 
@@ -338,7 +371,7 @@ class _PypdfLogRouter(logging.Handler):
         if sink is None:
             logging.getLogger().handle(record)
         elif record.levelno >= logging.WARNING:
-            sink.append(record.getMessage())
+            sink.add(record.getMessage())
 
 
 def _install_pypdf_log_router() -> None:
@@ -353,7 +386,7 @@ def _install_pypdf_log_router() -> None:
 
 
 @contextlib.contextmanager
-def _collect_pypdf_logs(sink: list[str]) -> Iterator[None]:
+def _collect_pypdf_logs(sink: _WarningSink) -> Iterator[None]:
     # Set and reset around each pypdf call, never across a yield, so the caller's context
     # is never left pointing at this file's collector.
     token = _pdf_log_sink.set(sink)
@@ -363,21 +396,20 @@ def _collect_pypdf_logs(sink: list[str]) -> Iterator[None]:
         _pdf_log_sink.reset(token)
 
 
-def _pdf_pages(path: Path, max_pages: int, warnings: list[str], filename: str) -> Iterator[PageText]:
+def _pdf_pages(path: Path, max_pages: int, warnings: _WarningSink, filename: str) -> Iterator[PageText]:
     with path.open("rb") as handle:
         if b"%PDF-" not in handle.read(1024):
             raise ExtractionError("corrupt", "not a valid PDF file (no PDF header)")
         handle.seek(0)
         _install_pypdf_log_router()
-        before = len(warnings)
         try:
             yield from _read_pdf(handle, max_pages, warnings)
         finally:
-            if len(warnings) > before:
-                logger.info("pypdf reported %d warnings while reading %s", len(warnings) - before, filename)
+            if warnings.count:
+                logger.info("pypdf reported %d warnings while reading %s", warnings.count, filename)
 
 
-def _read_pdf(handle: IO[bytes], max_pages: int, warnings: list[str]) -> Iterator[PageText]:
+def _read_pdf(handle: IO[bytes], max_pages: int, warnings: _WarningSink) -> Iterator[PageText]:
     reader, page_count = _open_pdf(handle, warnings)
     if page_count > max_pages:
         raise ExtractionError("too_large", f"too large: {page_count} pages (the limit is {max_pages})")
@@ -394,7 +426,7 @@ def _read_pdf(handle: IO[bytes], max_pages: int, warnings: list[str]) -> Iterato
         raise ExtractionError("no_text", NO_TEXT_PDF_MESSAGE)
 
 
-def _open_pdf(handle: IO[bytes], warnings: list[str]):  # -> (pypdf.PdfReader, int)
+def _open_pdf(handle: IO[bytes], warnings: _WarningSink) -> tuple[PdfReader, int]:
     from pypdf import PasswordType, PdfReader
     from pypdf.errors import PdfReadError
 
@@ -424,14 +456,14 @@ def _open_pdf(handle: IO[bytes], warnings: list[str]):  # -> (pypdf.PdfReader, i
     return reader, page_count
 
 
-def _pdf_page_text(reader: object, number: int, warnings: list[str], unreadable: list[str]) -> str:
+def _pdf_page_text(reader: PdfReader, number: int, warnings: _WarningSink, unreadable: list[str]) -> str:
     """One page's normalised text; a page pypdf cannot parse counts as blank, not fatal."""
     with _collect_pypdf_logs(warnings):
         try:
-            raw = reader.pages[number - 1].extract_text()  # type: ignore[attr-defined]
+            raw = reader.pages[number - 1].extract_text()
         except Exception as exc:  # noqa: BLE001 - one broken page must not lose the others
             reason = f"page {number}: {exc.__class__.__name__}: {exc}"
-            warnings.append(reason)
+            warnings.add(reason)
             unreadable.append(reason)
             return ""
     return normalize_whitespace(raw or "")

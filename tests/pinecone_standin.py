@@ -1,0 +1,372 @@
+"""A small stand-in for one Pinecone index's data plane: real HTTP on 127.0.0.1, Pinecone's JSON.
+
+It serves exactly the REST endpoints the `pinecone` SDK (10.2) calls for PineconeVectorStore:
+
+* `POST /vectors/upsert`       {"vectors": [{"id", "values", "metadata"?}], "namespace"?}
+                               -> {"upsertedCount": n}
+* `POST /query`                {"topK", "vector", "namespace"?, "includeMetadata", "includeValues"}
+                               -> {"matches": [{"id", "score", "values", "metadata"?}],
+                                   "namespace", "usage": {"readUnits"}}   (cosine similarity)
+* `POST /describe_index_stats` {} -> {"namespaces": {ns: {"vectorCount"}}, "dimension",
+                                      "indexFullness", "totalVectorCount", "metric", "vectorType"}
+* `POST /vectors/delete`       {"namespace", "ids" | "deleteAll" | "filter"} -> {}; a namespace
+                               that does not exist is 404 {"code": 5, "message": "Namespace not found"}
+
+Namespaces live in memory; a namespace exists while it holds records (as on serverless). Like the
+real service it enforces: the `Api-Key` header (401), at most 1,000 vectors and 2 MB per upsert
+(400 / 413), at most 40 KB of metadata per record (400), one dimension per index (400), at most
+1,000 ids per delete (400). Metadata numbers are stored as floats and come back as floats (3 -> 3.0),
+as Pinecone stores every metadata number as a 64-bit float. Errors use Pinecone's data-plane error
+body {"code": <grpc code>, "message": ..., "details": []}.
+
+It records every request (`.requests`: path, the `X-Pinecone-Api-Version` and `Api-Key` headers,
+body size, number of vectors / ids, status) and can be told to answer the next N requests with an
+error status (`fail_next`), optionally with a `Retry-After` header.
+
+Fixtures: `pinecone_standin` (a running server, dimension 8) and `pinecone_store` (a
+PineconeVectorStore pointed at it, api key "test-key").
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from expert_pipeline.resources.pinecone_vector_store import PineconeVectorStore
+
+API_KEY = "test-key"
+DIMENSION = 8
+MAX_UPSERT_VECTORS = 1000
+MAX_REQUEST_BYTES = 2_000_000
+MAX_METADATA_BYTES = 40 * 1024
+MAX_DELETE_IDS = 1000
+MAX_TOP_K = 10_000
+
+# gRPC status codes, which Pinecone's data plane puts in its error bodies.
+_GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 413: 3, 429: 8, 500: 13, 502: 14, 503: 14, 504: 4}
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    api_version: str | None
+    api_key: str | None
+    body_bytes: int
+    body: Any
+    status: int = 0  # filled in when answered
+
+    @property
+    def vector_count(self) -> int:
+        """Vectors in an upsert body (0 for other requests)."""
+        vectors = self.body.get("vectors") if isinstance(self.body, dict) else None
+        return len(vectors) if isinstance(vectors, list) else 0
+
+    @property
+    def ids(self) -> list[str]:
+        """The ids an upsert writes or a delete names."""
+        if not isinstance(self.body, dict):
+            return []
+        if isinstance(self.body.get("vectors"), list):
+            return [v.get("id") for v in self.body["vectors"] if isinstance(v, dict)]
+        return list(self.body.get("ids") or [])
+
+    @property
+    def namespace(self) -> str:
+        return (self.body or {}).get("namespace", "") if isinstance(self.body, dict) else ""
+
+
+@dataclass
+class StoredVector:
+    values: np.ndarray
+    metadata: dict[str, Any] | None
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"code": _GRPC_CODES.get(status, 2), "message": message, "details": []}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _metadata_error(metadata: Any) -> str | None:
+    """Why Pinecone would reject this metadata, or None."""
+    if not isinstance(metadata, dict):
+        return "metadata must be an object"
+    for key, value in metadata.items():
+        if isinstance(value, bool) or isinstance(value, str):
+            continue
+        if isinstance(value, (int, float)):
+            continue
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            continue
+        return (
+            f"Metadata value must be a string, number, boolean or list of strings, got "
+            f"'{json.dumps(value)}' for field '{key}'"
+        )
+    size = len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        return f"Metadata size is {size} bytes, which exceeds the limit of {MAX_METADATA_BYTES} bytes per vector"
+    return None
+
+
+def _as_stored(metadata: dict[str, Any]) -> dict[str, Any]:
+    # Pinecone keeps every metadata number as a 64-bit float.
+    return {
+        k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        for k, v in metadata.items()
+    }
+
+
+@dataclass
+class PineconeStandin:
+    api_key: str = API_KEY
+    dimension: int | None = DIMENSION  # None: fixed by the first upsert
+    requests: list[RecordedRequest] = field(default_factory=list)
+    namespaces: dict[str, dict[str, StoredVector]] = field(default_factory=dict)
+    _failures: deque[tuple[int, float | None]] = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: uvicorn.Server | None = None
+    _thread: threading.Thread | None = None
+    port: int = 0
+
+    # ---- control -----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The index host to give the SDK, like https://my-index-abc.svc.pinecone.io."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail_next(self, n: int, status: int, retry_after: float | None = None) -> None:
+        """Answer the next `n` requests (any endpoint) with `status`, with Retry-After if given."""
+        with self._lock:
+            self._failures.extend([(status, retry_after)] * n)
+
+    def clear_failures(self) -> None:
+        with self._lock:
+            self._failures.clear()
+
+    def requests_to(self, path: str, status: int | None = 200) -> list[RecordedRequest]:
+        """The requests to `path`, answered with `status` (None: any status)."""
+        with self._lock:
+            return [r for r in self.requests if r.path == path and (status is None or r.status == status)]
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    def stored_count(self, namespace: str) -> int:
+        with self._lock:
+            return len(self.namespaces.get(namespace, {}))
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> PineconeStandin:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))  # bound here, so no other process can take the port first
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self._app(), log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="pinecone-standin", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the Pinecone stand-in did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._server is not None and self._thread is not None
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    # ---- the HTTP side -----------------------------------------------------------------------
+
+    def _app(self) -> FastAPI:
+        app = FastAPI()
+        handlers = {
+            "/vectors/upsert": self._upsert,
+            "/query": self._query,
+            "/describe_index_stats": self._describe_index_stats,
+            "/vectors/delete": self._delete,
+        }
+
+        async def dispatch(request: Request) -> JSONResponse:
+            raw = await request.body()
+            try:
+                body = json.loads(raw) if raw else {}
+            except ValueError:
+                body = None
+            record = RecordedRequest(
+                method=request.method,
+                path=request.url.path,
+                api_version=request.headers.get("x-pinecone-api-version"),
+                api_key=request.headers.get("api-key"),
+                body_bytes=len(raw),
+                body=body,
+            )
+            with self._lock:
+                self.requests.append(record)
+                failure = self._failures.popleft() if self._failures else None
+                if failure is not None:
+                    status, retry_after = failure
+                    headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else None
+                    message = ("Request failed. You've reached the rate limit of your index."
+                               if status == 429 else f"stand-in failure ({status})")
+                    response = _error(status, message, headers)
+                elif record.api_key != self.api_key:
+                    response = _error(401, "Invalid API Key")
+                elif not isinstance(body, dict):
+                    response = _error(400, "The request body is not a JSON object")
+                elif len(raw) > MAX_REQUEST_BYTES:
+                    response = _error(
+                        413, f"Request size {len(raw)} bytes exceeds the maximum of {MAX_REQUEST_BYTES} bytes"
+                    )
+                else:
+                    response = handlers[request.url.path](body)
+                record.status = response.status_code
+            response.headers["x-pinecone-request-id"] = uuid.uuid4().hex
+            return response
+
+        for path in handlers:
+            app.add_api_route(path, dispatch, methods=["POST"])
+        return app
+
+    # Handlers run under self._lock.
+
+    def _upsert(self, body: dict[str, Any]) -> JSONResponse:
+        vectors = body.get("vectors")
+        namespace = body.get("namespace", "")
+        if not isinstance(vectors, list) or not vectors:
+            return _error(400, "Invalid request: 'vectors' must be a non-empty list")
+        if len(vectors) > MAX_UPSERT_VECTORS:
+            return _error(
+                400, f"Request contains {len(vectors)} vectors, exceeding the maximum of {MAX_UPSERT_VECTORS}"
+            )
+        parsed: dict[str, StoredVector] = {}
+        for vector in vectors:
+            vid, values = vector.get("id"), vector.get("values")
+            if not isinstance(vid, str) or not vid or not vid.isascii() or len(vid) > 512:
+                return _error(400, f"Invalid vector id: {vid!r}")
+            if not isinstance(values, list) or not values or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+            ):
+                return _error(400, f"Vector {vid} has invalid values")
+            dimension = self.dimension if self.dimension is not None else len(values)
+            if len(values) != dimension:
+                return _error(
+                    400, f"Vector dimension {len(values)} does not match the dimension of the index {dimension}"
+                )
+            metadata = vector.get("metadata")
+            if metadata is not None:
+                problem = _metadata_error(metadata)
+                if problem:
+                    return _error(400, problem)
+            parsed[vid] = StoredVector(
+                np.asarray(values, dtype=np.float32), None if metadata is None else _as_stored(metadata)
+            )
+        if self.dimension is None:
+            self.dimension = len(vectors[0]["values"])
+        self.namespaces.setdefault(namespace, {}).update(parsed)
+        return JSONResponse({"upsertedCount": len(vectors)})
+
+    def _query(self, body: dict[str, Any]) -> JSONResponse:
+        top_k = body.get("topK")
+        if not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+            return _error(400, f"topK must be between 1 and {MAX_TOP_K}")
+        vector = body.get("vector")
+        if not isinstance(vector, list) or not vector:
+            return _error(400, "Invalid request: a dense 'vector' is required")
+        if self.dimension is not None and len(vector) != self.dimension:
+            return _error(
+                400, f"Vector dimension {len(vector)} does not match the dimension of the index {self.dimension}"
+            )
+        namespace = body.get("namespace", "")
+        stored = self.namespaces.get(namespace, {})
+        query = np.asarray(vector, dtype=np.float32)
+        scored = []
+        query_norm = float(np.linalg.norm(query))
+        for vid, item in stored.items():
+            denominator = query_norm * float(np.linalg.norm(item.values))
+            score = float(np.dot(query, item.values) / denominator) if denominator else 0.0
+            scored.append((score, vid, item))
+        scored.sort(key=lambda entry: (-entry[0], entry[1]))
+        matches = []
+        for score, vid, item in scored[:top_k]:
+            match: dict[str, Any] = {
+                "id": vid,
+                "score": score,
+                "values": item.values.tolist() if body.get("includeValues") else [],
+            }
+            if body.get("includeMetadata") and item.metadata is not None:
+                match["metadata"] = item.metadata
+            matches.append(match)
+        return JSONResponse({"matches": matches, "namespace": namespace, "usage": {"readUnits": 1}})
+
+    def _describe_index_stats(self, body: dict[str, Any]) -> JSONResponse:
+        if body.get("filter"):
+            return _error(400, "describe_index_stats does not support a filter on this index")
+        namespaces = {
+            (name or "__default__"): {"vectorCount": len(vectors)}
+            for name, vectors in self.namespaces.items()
+            if vectors
+        }
+        return JSONResponse(
+            {
+                "namespaces": namespaces,
+                "dimension": self.dimension or 0,
+                "indexFullness": 0.0,
+                "totalVectorCount": sum(n["vectorCount"] for n in namespaces.values()),
+                "metric": "cosine",
+                "vectorType": "dense",
+            }
+        )
+
+    def _delete(self, body: dict[str, Any]) -> JSONResponse:
+        namespace = body.get("namespace", "")
+        ids, delete_all, filter_ = body.get("ids"), body.get("deleteAll", False), body.get("filter")
+        if sum(bool(x) for x in (ids, delete_all, filter_)) != 1:
+            return _error(400, "Exactly one of ids, deleteAll or filter must be given")
+        if filter_:
+            return _error(400, "Delete by metadata filter is not supported by this stand-in")
+        if ids is not None and (not isinstance(ids, list) or len(ids) > MAX_DELETE_IDS):
+            return _error(400, f"At most {MAX_DELETE_IDS} ids can be deleted per request")
+        stored = self.namespaces.get(namespace)
+        if not stored:
+            return _error(404, "Namespace not found")
+        if delete_all:
+            del self.namespaces[namespace]
+        else:
+            for vid in ids:
+                stored.pop(vid, None)
+            if not stored:
+                del self.namespaces[namespace]
+        return JSONResponse({})
+
+
+@pytest.fixture
+def pinecone_standin() -> Iterator[PineconeStandin]:
+    with PineconeStandin() as server:
+        yield server
+
+
+@pytest.fixture
+def pinecone_store(pinecone_standin: PineconeStandin) -> Iterator[PineconeVectorStore]:
+    store = PineconeVectorStore(api_key=API_KEY, index_host=pinecone_standin.url)
+    yield store
+    store.close()
