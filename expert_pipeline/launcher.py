@@ -77,9 +77,24 @@ def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+POSTGRES_STORAGE = """
+# Added because DAGSTER_PG_URL is set: runs, events and schedules in PostgreSQL.
+storage:
+  postgres:
+    postgres_url:
+      env: DAGSTER_PG_URL
+"""
+
+
+def instance_config(use_postgres: bool) -> str:
+    """The repo's dagster.yaml, plus dagster-postgres storage when DAGSTER_PG_URL is set."""
+    text = (REPO_ROOT / "dagster.yaml").read_text()
+    return text + POSTGRES_STORAGE if use_postgres else text
+
+
 def _install_instance_config(dagster_home: Path) -> None:
-    """Dagster reads dagster.yaml from DAGSTER_HOME; keep the repo's copy authoritative."""
-    source = REPO_ROOT / "dagster.yaml"
+    """Dagster reads dagster.yaml from DAGSTER_HOME; the repo's copy stays authoritative."""
     target = dagster_home / "dagster.yaml"
-    if source.exists() and (not target.exists() or target.read_text() != source.read_text()):
-        target.write_text(source.read_text())
+    wanted = instance_config(bool(os.environ.get("DAGSTER_PG_URL")))
+    if not target.exists() or target.read_text() != wanted:
+        target.write_text(wanted)

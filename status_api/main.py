@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from expert_pipeline.core.db import engine_for, migrate
 from expert_pipeline.core.settings import Settings, get_settings
+from expert_pipeline.parts import check_parts, log_parts
 from status_api.api.errors import install_error_handlers
 from status_api.api.routes import experts, health, progress
 
@@ -22,8 +23,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.ensure_dirs()
+        check_parts(settings)
+        log_parts(settings, log)
         migrate(settings.resolved_database_url)
-        log.info("progress database: %s", _redacted(settings.resolved_database_url))
         yield
 
     app = FastAPI(
@@ -39,11 +41,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(progress.router)
     app.include_router(experts.router)
     return app
-
-
-def _redacted(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 

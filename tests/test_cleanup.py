@@ -13,7 +13,7 @@ from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.models import ExpertProcessingProgress, utcnow
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
-from expert_pipeline.definitions import build_definitions
+from expert_pipeline.code_location import build_definitions
 from expert_pipeline.parts import build_vector_store
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.vector_store import VectorRecord

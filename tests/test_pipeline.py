@@ -28,8 +28,11 @@ STAGE_ORDER = ["file_processing", "text_extraction", "embedding", "pinecone_stor
 
 
 @pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
+def instance(database_url: str) -> Iterator[dg.DagsterInstance]:
+    # On the PostgreSQL leg the Dagster instance (runs, events, partitions) lives in
+    # PostgreSQL too, through dagster-postgres, as in production.
+    overrides = {"storage": {"postgres": {"postgres_url": database_url}}}
+    with dg.instance_for_test(overrides=overrides if database_url.startswith("postgresql") else None) as instance:
         yield instance
 
 

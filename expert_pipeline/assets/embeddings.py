@@ -22,6 +22,7 @@ from expert_pipeline.resources.progress_reporter import ProgressReporter
     group_name="ingest",
     kinds={"python", "pytorch"},
     deps=[expert_chunks],
+    pool="embedding_provider",
     description="An embedding vector per chunk, computed in batches (local all-MiniLM-L6-v2 by "
     "default, OpenAI in production) and streamed to the work area.",
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,27 @@ class Settings(BaseSettings):
 
     expert_pipeline_home: Path = Field(default=Path("./.expert_pipeline"))
     database_url: str | None = None
+    dagster_pg_url: str | None = None
+
+    # Which part plays each role: the embedded default, or the production service.
+    file_storage: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    aws_endpoint_url: str | None = None
+    aws_region: str | None = None
+
+    embedding_provider: Literal["local", "openai"] = "local"
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    openai_embedding_model: str = "text-embedding-3-small"
+    openai_embedding_dimensions: int | None = None
+
+    vector_store: Literal["lancedb", "pinecone"] = "lancedb"
+    pinecone_api_key: str | None = None
+    pinecone_index_host: str | None = None
+
+    chat_provider: Literal["extractive", "openai"] = "extractive"
+    openai_chat_model: str = "gpt-4o-mini"
 
     status_api_host: str = "127.0.0.1"
     status_api_port: int = 8000

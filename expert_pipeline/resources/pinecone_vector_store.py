@@ -80,10 +80,9 @@ DELETE_BATCH_SIZE = 1000
 _MAX_NAMESPACE_LENGTH = 512
 # Pinecone stores every metadata number as a 64-bit float; these come back as ints.
 _INTEGER_FIELDS = frozenset({"page", "chunk_index"})
-_DEFAULT_NAMESPACE_KEY = "__default__"  # how describe_index_stats names the namespace ""
 
-# Client creation is guarded by a module-level lock so that resource copies (Dagster copies
-# resources) never share a lock object that was copied in the locked state.
+# Guards creating and closing the shared SDK client; module-level rather than a private attribute
+# because a lock cannot be copied, and resource instances may be (Dagster copies them).
 _CLIENT_LOCK = threading.Lock()
 
 
@@ -129,7 +128,7 @@ class PineconeVectorStore(dg.ConfigurableResource):
         """
         _check_namespace(namespace)
         stats = self.index.describe_index_stats()
-        summary = stats.namespaces.get(namespace or _DEFAULT_NAMESPACE_KEY)
+        summary = stats.namespaces.get(namespace)
         return 0 if summary is None else int(summary.vector_count)
 
     def query(self, namespace: str, vector: Sequence[float], top_k: int = 5) -> list[VectorMatch]:
@@ -160,7 +159,7 @@ class PineconeVectorStore(dg.ConfigurableResource):
 
         try:
             self.index.delete(delete_all=True, namespace=namespace)
-        except KeyError:
+        except NotFoundError:
             # Pinecone answers 404 {"code": 5, "message": "Namespace not found"} when there is
             # nothing to delete; the caller's goal (no vectors left there) already holds.
             log.debug("Pinecone namespace %r did not exist; nothing to delete", namespace)
