@@ -15,6 +15,7 @@ from expert_pipeline.core.settings import Settings, get_settings
 from expert_pipeline.jobs import ingest_job
 from expert_pipeline.parts import build_resources, check_parts, log_parts
 from expert_pipeline.sensors import ingest_cancelled_sensor, ingest_failure_sensor, pending_experts_sensor
+from expert_pipeline.webhook_sensor import webhook_delivery_sensor
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
@@ -26,7 +27,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[expert_files, expert_text, expert_chunks, expert_embeddings, expert_vectors],
         jobs=[ingest_job, cleanup_job],
-        sensors=[pending_experts_sensor, ingest_failure_sensor, ingest_cancelled_sensor],
+        sensors=[pending_experts_sensor, ingest_failure_sensor, ingest_cancelled_sensor, webhook_delivery_sensor],
         schedules=[cleanup_schedule],
         resources=build_resources(settings),
     )

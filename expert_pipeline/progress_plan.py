@@ -20,3 +20,41 @@ def overall_percentage(stage: Stage, done: float, total: float) -> float:
     start, end = STAGE_SPANS[stage]
     fraction = 1.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
     return round(start + (end - start) * fraction, 2)
+
+
+class RateEstimator:
+    """A smoothed throughput (units per second) for an honest ETA.
+
+    An exponentially weighted rate over batches follows real slow-downs (a throttled
+    provider) without jumping on one slow batch. No estimate is given before a few seconds
+    of work, when any figure would be a guess.
+    """
+
+    def __init__(self, alpha: float = 0.3, min_seconds: float = 2.0, min_batches: int = 3) -> None:
+        self.alpha = alpha
+        self.min_seconds = min_seconds
+        self.min_batches = min_batches
+        self.batches = 0
+        self.rate: float | None = None
+        self._start: tuple[float, int] | None = None
+        self._last: tuple[float, int] | None = None
+
+    def observe(self, now: float, done: int) -> None:
+        if self._start is None:
+            self._start = self._last = (now, done)
+            return
+        last_time, last_done = self._last  # type: ignore[misc]
+        if now <= last_time or done <= last_done:
+            return
+        instant = (done - last_done) / (now - last_time)
+        self.rate = instant if self.rate is None else self.alpha * instant + (1 - self.alpha) * self.rate
+        self._last = (now, done)
+        self.batches += 1
+
+    def eta(self, remaining: int) -> float | None:
+        if self.rate is None or self._start is None or self._last is None:
+            return None
+        warmed_up = self.batches >= self.min_batches or self._last[0] - self._start[0] >= self.min_seconds
+        if not warmed_up or self.rate <= 0:
+            return None
+        return remaining / self.rate

@@ -34,6 +34,18 @@ class ProgressRecord(BaseModel):
     started_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    # Beside the specification's fields, which stay exactly as documented:
+    eta_seconds: float | None = Field(
+        default=None, description="Seconds left, from a smoothed chunk rate; null until it can be estimated"
+    )
+    chunks_per_second: float | None = Field(default=None, description="Smoothed embedding throughput")
+    heartbeat_at: datetime | None = Field(default=None, description="Last sign of life from the run")
+    stalled: bool = Field(default=False, description="In progress, but no sign of life for STALL_AFTER_SECONDS")
+    queue_position: int | None = Field(default=None, description="1 = next to start; only while pending")
+
+
+SPEC_PROGRESS_FIELDS = tuple(list(ProgressRecord.model_fields)[:20])
+EXTRA_PROGRESS_FIELDS = tuple(list(ProgressRecord.model_fields)[20:])
 
 
 class ProgressResponse(BaseModel):
@@ -120,3 +132,44 @@ class ExpertListResponse(BaseModel):
     success: Literal[True] = True
     count: int
     experts: list[ExpertWithProgress]
+
+
+# -- chat ------------------------------------------------------------------------------------
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(str_strip_whitespace=True)
+
+    message: str = Field(min_length=1, max_length=2000, description="The question, 1 to 2000 characters")
+
+
+class ChatSource(BaseModel):
+    filename: str
+    page: int | None
+    text: str = Field(description="The passage the answer quotes")
+    score: float = Field(description="Retrieval similarity (cosine), higher is closer")
+
+
+class ChatResponse(BaseModel):
+    success: Literal[True] = True
+    answer: str = Field(description="The answer; [n] refers to sources[n-1]")
+    sources: list[ChatSource]
+
+
+# -- stats -----------------------------------------------------------------------------------
+
+
+class Percentiles(BaseModel):
+    p50: float | None
+    p95: float | None
+    count: int
+
+
+class StatsResponse(BaseModel):
+    success: Literal[True] = True
+    since: datetime
+    counts_by_status: dict[StatusName, int]
+    seconds_per_stage: dict[str, Percentiles]
+    seconds_per_expert: Percentiles
+    throughput_chunks_per_second: float | None = Field(description="Chunks of completed experts per second of their runs")
+    failed_files_by_kind: dict[str, int]

@@ -42,7 +42,7 @@ def test_definitions_load(settings: Settings) -> None:
     defs = build_definitions(settings)
     assert defs.resolve_job_def("ingest_expert").partitions_def == experts
     assert {s.name for s in defs.sensors or []} == {
-        "pending_experts_sensor", "ingest_failure_sensor", "ingest_cancelled_sensor",
+        "pending_experts_sensor", "ingest_failure_sensor", "ingest_cancelled_sensor", "webhook_delivery_sensor",
     }
     assert [s.name for s in defs.schedules or []] == ["cleanup_job_schedule"]
 

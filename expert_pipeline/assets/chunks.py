@@ -38,7 +38,7 @@ def expert_chunks(
     chunks = tokens = 0
     with run.progress.guard("Chunking"):
         for index, item in enumerate(all_files):
-            if item.status == FileStatus.FAILED:
+            if item.status != FileStatus.PENDING:
                 continue
             file_chunks, file_tokens = run.work.write_chunks(
                 item.id,
@@ -60,7 +60,7 @@ def expert_chunks(
             run.progress.update(
                 overall_percentage(Stage.TEXT_EXTRACTION, done, total), failed_files=failed, total_chunks=chunks,
             )
-        if chunks == 0:
+        if chunks == 0 and not any(f.status == FileStatus.INDEXED for f in all_files):
             reasons = "; ".join(f"{f.filename}: {f.error_message}" for f in catalog.files(run.expert_id))
             raise IngestFailed(f"No file could be indexed. {reasons}")
     return dg.MaterializeResult(

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import time
 
 import dagster as dg
 import numpy as np
@@ -10,7 +11,8 @@ from expert_pipeline.assets.chunks import expert_chunks
 from expert_pipeline.assets.context import stage_run
 from expert_pipeline.core.models import FileStatus, Stage
 from expert_pipeline.partitions import experts
-from expert_pipeline.progress_plan import overall_percentage
+from expert_pipeline.core.embedding_cache import EmbeddingCache
+from expert_pipeline.progress_plan import RateEstimator, overall_percentage
 from expert_pipeline.resources.embedder import Embedder
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings
@@ -36,7 +38,7 @@ def expert_embeddings(
     run = stage_run(context, ingest_settings, progress_reporter)
     all_files = catalog.files(run.expert_id)
     batch_size = ingest_settings.embedding_batch_size
-    todo = [(i, f, run.work.count_chunks(f.id)) for i, f in enumerate(all_files) if f.status != FileStatus.FAILED]
+    todo = [(i, f, run.work.count_chunks(f.id)) for i, f in enumerate(all_files) if f.status == FileStatus.PENDING]
     total_chunks = sum(n for _, _, n in todo)
     total_batches = sum(math.ceil(n / batch_size) for _, _, n in todo)
     batch = done = processed = 0
@@ -46,21 +48,28 @@ def expert_embeddings(
             current_batch=0, total_batches=total_batches, current_chunk=0, total_chunks=total_chunks,
         )
         load_seconds = embedder.warm_up()
+        cache = EmbeddingCache(catalog.engine, embedder.model_name, embedder.dimensions)
+        rate = RateEstimator()
+        rate.observe(time.monotonic(), 0)
         encode_seconds = 0.0
+        from_cache = 0
         for index, item, _ in todo:
             run.work.start_embeddings(item.id)
             chunk_iter = run.work.read_chunks(item.id)
             while texts := [c.text for c in itertools.islice(chunk_iter, batch_size)]:
                 started = run.seconds()
-                vectors = embedder.embed(texts)
+                vectors = _embed_with_cache(embedder, cache, texts)
+                from_cache += len(texts) - vectors.fresh
                 encode_seconds += run.seconds() - started
-                run.work.append_embeddings(item.id, np.asarray(vectors, dtype=np.float32))
+                run.work.append_embeddings(item.id, vectors.array)
                 batch += 1
                 done += len(texts)
+                rate.observe(time.monotonic(), done)
                 run.progress.update(
                     overall_percentage(Stage.EMBEDDING, done, total_chunks),
                     current_file=item.filename, current_file_index=index, current_batch=batch,
                     total_batches=total_batches, current_chunk=done, total_chunks=total_chunks,
+                    eta_seconds=rate.eta(total_chunks - done), chunks_per_second=rate.rate,
                     details={
                         "filename": item.filename,
                         "batch": f"{batch}/{total_batches}",
@@ -73,7 +82,28 @@ def expert_embeddings(
     return dg.MaterializeResult(
         metadata=run.metadata(
             chunks=done, batches=batch, model=embedder.model_name, dimensions=embedder.dimensions,
+            chunks_from_cache=from_cache, chunks_sent_to_provider=done - from_cache,
             model_load_seconds=round(load_seconds, 3), encode_seconds=round(encode_seconds, 3),
             chunks_per_second=round(done / encode_seconds, 2) if encode_seconds else 0.0,
         )
     )
+
+
+class _Embedded:
+    def __init__(self, array: np.ndarray, fresh: int) -> None:
+        self.array = array
+        self.fresh = fresh
+
+
+def _embed_with_cache(embedder: Embedder, cache: EmbeddingCache, texts: list[str]) -> _Embedded:
+    """Vectors for `texts`, asking the provider only for those not cached; new ones are cached
+    at once, so a run that dies mid-way has already saved what it paid for."""
+    keys = cache.keys(texts)
+    known = cache.get_many(keys)
+    missing = [i for i, key in enumerate(keys) if key not in known]
+    if missing:
+        fresh = np.asarray(embedder.embed([texts[i] for i in missing]), dtype=np.float32)
+        new = {keys[i]: fresh[j] for j, i in enumerate(missing)}
+        cache.put_many(new)
+        known.update(new)
+    return _Embedded(np.stack([known[key] for key in keys]).astype(np.float32), len(missing))

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from expert_pipeline.assets.context import stage_run
-from expert_pipeline.core.models import Stage
+from expert_pipeline.core.models import FileStatus, Stage
 from expert_pipeline.partitions import experts
 from expert_pipeline.progress_plan import overall_percentage
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
@@ -28,14 +28,22 @@ def expert_files(
 ) -> dg.MaterializeResult:
     run = stage_run(context, ingest_settings, progress_reporter)
     files = catalog.files(run.expert_id)
-    run.progress.start_run(context.run.run_id, total_files=len(files))
     with run.progress.guard("Fetching files"):
+        run.progress.start_run(
+            context.run.run_id, total_files=len(files), retry_of=context.run.tags.get("dagster/parent_run_id")
+        )
         if not files:
             raise IngestFailed("This expert has no files to process")
-        catalog.reset_files(run.expert_id)
-        run.progress.stage(Stage.FILE_PROCESSING, 0.0, "Fetching files", total_files=len(files))
+        catalog.retry_failed_files(run.expert_id)
+        files = catalog.files(run.expert_id)
+        indexed = sum(1 for f in files if f.status == FileStatus.INDEXED)
+        run.progress.stage(
+            Stage.FILE_PROCESSING, 0.0, "Fetching files", total_files=len(files), processed_files=indexed
+        )
         fetched_bytes = failed = 0
         for index, item in enumerate(files):
+            if item.status == FileStatus.INDEXED:
+                continue  # indexed by an earlier run; its vectors are in place
             try:
                 fetched_bytes += file_storage.fetch(item.storage_key, run.work.fetched_path(item.id, item.filename))
             except Exception as exc:  # noqa: BLE001 - one unreachable file must not stop the others
@@ -49,5 +57,5 @@ def expert_files(
                 details={"filename": item.filename},
             )
     return dg.MaterializeResult(
-        metadata=run.metadata(files=len(files), bytes=fetched_bytes, failed_files=failed)
+        metadata=run.metadata(files=len(files), already_indexed=indexed, bytes=fetched_bytes, failed_files=failed)
     )

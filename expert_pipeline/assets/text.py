@@ -42,7 +42,7 @@ def expert_text(
     with run.progress.guard("Text extraction"):
         run.progress.stage(Stage.TEXT_EXTRACTION, overall_percentage(Stage.TEXT_EXTRACTION, 0, 1), "Extracting text")
         for index, item in enumerate(all_files):
-            if item.status == FileStatus.FAILED:
+            if item.status != FileStatus.PENDING:
                 continue
             run.progress.update(
                 overall_percentage(Stage.TEXT_EXTRACTION, EXTRACTION_SHARE * index, total),

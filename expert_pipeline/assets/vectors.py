@@ -41,14 +41,16 @@ def expert_vectors(
 ) -> dg.MaterializeResult:
     run = stage_run(context, ingest_settings, progress_reporter)
     all_files = catalog.files(run.expert_id)
-    todo = [(i, f) for i, f in enumerate(all_files) if f.status != FileStatus.FAILED]
-    total_chunks = sum(run.work.count_chunks(f.id) for _, f in todo)
+    todo = [(i, f) for i, f in enumerate(all_files) if f.status == FileStatus.PENDING]
+    already = [f for f in all_files if f.status == FileStatus.INDEXED]
+    new_chunks = sum(run.work.count_chunks(f.id) for _, f in todo)
+    total_chunks = new_chunks + sum(f.chunks or 0 for f in already)
     batch_size = ingest_settings.upsert_batch_size
     stored = 0
     with run.progress.guard("Storing vectors"):
         run.progress.stage(
             Stage.PINECONE_STORAGE, overall_percentage(Stage.PINECONE_STORAGE, 0, 1), "Storing vectors",
-            current_chunk=0, total_chunks=total_chunks,
+            current_chunk=0, total_chunks=new_chunks,
         )
         for index, item in todo:
             vectors = run.work.read_embeddings(item.id, embedder.dimensions)
@@ -68,7 +70,7 @@ def expert_vectors(
                     stored += vector_store.upsert(run.expert_id, batch)
                     batch = []
                     run.progress.update(
-                        overall_percentage(Stage.PINECONE_STORAGE, stored, total_chunks),
+                        overall_percentage(Stage.PINECONE_STORAGE, stored, new_chunks),
                         current_file=item.filename, current_file_index=index, current_chunk=stored,
                     )
             if batch:
@@ -76,27 +78,27 @@ def expert_vectors(
             catalog.set_file(item.id, status=FileStatus.INDEXED)
             run.progress.event(f"{item.filename} indexed", {"filename": item.filename, "chunks": item.chunks or 0})
             run.progress.update(
-                overall_percentage(Stage.PINECONE_STORAGE, stored, total_chunks),
+                overall_percentage(Stage.PINECONE_STORAGE, stored, new_chunks),
                 current_file=item.filename, current_file_index=index, current_chunk=stored,
             )
-        if not todo:
+        if not todo and not already:
             raise IngestFailed("No file could be indexed")
         in_store = vector_store.count(run.expert_id)
         failed = [f for f in catalog.files(run.expert_id) if f.status == FileStatus.FAILED]
         run.progress.update(
-            overall_percentage(Stage.PINECONE_STORAGE, stored, total_chunks), force=True,
-            processed_files=len(todo), failed_files=len(failed),
+            overall_percentage(Stage.PINECONE_STORAGE, stored, new_chunks), force=True,
+            processed_files=len(todo) + len(already), failed_files=len(failed),
         )
         run.progress.completed(
             metadata={
-                "files_indexed": len(todo),
+                "files_indexed": len(todo) + len(already),
                 "files_failed": len(failed),
                 "chunks": total_chunks,
                 "vectors": in_store,
             }
         )
     return dg.MaterializeResult(
-        metadata=run.metadata(vectors=stored, vectors_in_store=in_store, files_indexed=len(todo)),
+        metadata=run.metadata(vectors=stored, vectors_in_store=in_store, files_indexed=len(todo) + len(already)),
         check_results=[
             dg.AssetCheckResult(
                 check_name=VECTOR_COUNT_CHECK,

@@ -105,6 +105,41 @@ def validate_request(name: str, uploads: Sequence[Upload], limits: UploadLimits)
     return name
 
 
+def _store_files(
+    storage: ExpertFileStorage, expert_id: str, uploads: Sequence[Upload], limits: UploadLimits
+) -> list[ExpertFile]:
+    """Store every upload, or none: on any failure the files stored so far are removed."""
+    rows: list[ExpertFile] = []
+    total = 0
+    try:
+        for upload in uploads:
+            filename = safe_filename(upload.filename)
+            file_id = uuid.uuid4().hex
+            key = file_key(expert_id, file_id, filename)
+            try:
+                stored = storage.save(key, upload.stream, max_bytes=limits.max_file_bytes)
+            except ValueError as exc:  # FileTooLarge and friends
+                raise UploadRejected(f"'{filename}': {exc}", 413) from exc
+            rows.append(
+                ExpertFile(
+                    id=file_id, expert_id=expert_id, filename=filename, storage_key=stored.key,
+                    size_bytes=stored.size_bytes, content_sha256=stored.sha256,
+                )
+            )
+            total += stored.size_bytes
+            if total > limits.max_total_bytes:
+                raise UploadRejected(f"the upload is larger than the limit of {limits.max_total_bytes} bytes", 413)
+    except BaseException:
+        remove_stored(storage, expert_id, rows)
+        raise
+    return rows
+
+
+def remove_stored(storage: ExpertFileStorage, expert_id: str, rows: Sequence[ExpertFile]) -> None:
+    for row in rows:
+        storage.delete_prefix(f"{expert_prefix(expert_id)}{row.id}/")
+
+
 def create_expert(
     db: Session,
     storage: ExpertFileStorage,
@@ -117,27 +152,8 @@ def create_expert(
 ) -> tuple[Expert, ExpertProcessingProgress]:
     name = validate_request(name, uploads, limits)
     expert = Expert(id=str(uuid.uuid4()), name=name, agent_id=agent_id)
-    rows: list[ExpertFile] = []
-    total = 0
     try:
-        for upload in uploads:
-            filename = safe_filename(upload.filename)
-            file_id = uuid.uuid4().hex
-            try:
-                stored = storage.save(
-                    file_key(expert.id, file_id, filename), upload.stream, max_bytes=limits.max_file_bytes
-                )
-            except ValueError as exc:  # FileTooLarge and friends
-                raise UploadRejected(f"'{filename}': {exc}", 413) from exc
-            total += stored.size_bytes
-            if total > limits.max_total_bytes:
-                raise UploadRejected(f"the upload is larger than the limit of {limits.max_total_bytes} bytes", 413)
-            rows.append(
-                ExpertFile(
-                    id=file_id, expert_id=expert.id, filename=filename, storage_key=stored.key,
-                    size_bytes=stored.size_bytes, content_sha256=stored.sha256,
-                )
-            )
+        rows = _store_files(storage, expert.id, uploads, limits)
         db.add(expert)
         db.flush()
         db.add_all(rows)
@@ -150,6 +166,22 @@ def create_expert(
         storage.delete_prefix(expert_prefix(expert.id))
         raise
     return expert, progress
+
+
+def add_files(
+    db: Session, storage: ExpertFileStorage, expert: Expert, *, uploads: Sequence[Upload], limits: UploadLimits
+) -> list[ExpertFile]:
+    """Store more files for an existing expert; the caller queues the expert again."""
+    validate_request(expert.name, uploads, limits)
+    stored = _store_files(storage, expert.id, uploads, limits)
+    try:
+        db.add_all(stored)
+        db.commit()
+    except BaseException:
+        db.rollback()
+        remove_stored(storage, expert.id, stored)
+        raise
+    return stored
 
 
 def get_expert(db: Session, expert_id: str) -> Expert | None:

@@ -33,6 +33,7 @@ from expert_pipeline.core.models import (
     Status,
     utcnow,
 )
+from expert_pipeline.core.webhooks import enqueue_finished
 
 # Only completion may show 100 %: a bar at 100 while work remains would be a lie.
 MAX_RUNNING_PERCENTAGE = 99.0
@@ -57,6 +58,10 @@ class ProgressNotFound(LookupError):
 
 class InvalidProgressUpdate(ValueError):
     pass
+
+
+class RunNotWanted(RuntimeError):
+    """A run started for an expert whose request was cancelled or already finished."""
 
 
 def _stage(value: str | Stage) -> Stage:
@@ -137,21 +142,53 @@ class ExpertProcessingProgressService:
         return record
 
     def start_run(
-        self, expert_id: str, run_id: str | None = None, total_files: int | None = None
+        self,
+        expert_id: str,
+        run_id: str | None = None,
+        total_files: int | None = None,
+        retry_of: str | None = None,
     ) -> ExpertProcessingProgress:
-        """Move the row to `in_progress` for a run; a new run starts from zero."""
+        """Move the row to `in_progress` for a run; a new run starts from zero.
+
+        A run may start for a `pending` request, take over an `in_progress` row whose run
+        died, or (as Dagster's automatic retry, `retry_of` naming the failed run) resume a
+        row that run left `failed`. A cancelled or completed request is never restarted:
+        that raises RunNotWanted.
+        """
         now = utcnow()
         record = self._require(expert_id)
-        same_run = record.status == Status.IN_PROGRESS and run_id is not None and record.run_id == run_id
-        if not same_run:
-            self._reset(record, now)
-            record.status = Status.IN_PROGRESS
-            record.run_id = run_id
-            if total_files is not None:
-                record.total_files = _non_negative("total_files", total_files)
-            self._event(record, "Processing started", {"run_id": run_id}, now)
+        if record.status == Status.IN_PROGRESS and run_id is not None and record.run_id == run_id:
+            self.db.commit()
+            return record
+        resumable = record.status in ACTIVE_STATUSES or (
+            record.status == Status.FAILED and retry_of is not None and retry_of == record.run_id
+        )
+        if not resumable:
+            status = record.status
+            self.db.rollback()
+            raise RunNotWanted(f"expert '{expert_id}' is {status}; this run has nothing to do")
+        self._reset(record, now)
+        record.status = Status.IN_PROGRESS
+        record.run_id = run_id
+        record.heartbeat_at = now
+        if total_files is not None:
+            record.total_files = _non_negative("total_files", total_files)
+        message = "Processing restarted automatically after a failed run" if retry_of else "Processing started"
+        self._event(record, message, {"run_id": run_id, "retry_of": retry_of} if retry_of else {"run_id": run_id}, now)
         self.db.commit()
         return record
+
+    def heartbeat(self, expert_id: str) -> str | None:
+        """Record that the run is alive; returns the row's status (None if it was deleted)."""
+        record = self._locked(expert_id)
+        if record is None:
+            self.db.rollback()
+            return None
+        if record.status == Status.IN_PROGRESS:
+            record.heartbeat_at = utcnow()
+        status = record.status
+        self.db.commit()
+        return status
 
     def update_progress(
         self,
@@ -172,6 +209,8 @@ class ExpertProcessingProgressService:
         error_message: str | None = None,
         event_message: str | None = None,
         event_data: Mapping[str, Any] | None = None,
+        eta_seconds: float | None = None,
+        chunks_per_second: float | None = None,
     ) -> ExpertProcessingProgress:
         new_stage = _stage(stage) if stage is not None else None
         new_status = _status(status) if status is not None else None
@@ -229,7 +268,12 @@ class ExpertProcessingProgressService:
             record.details = {**(record.details or {}), **dict(details)}
         if error_message is not None:
             record.error_message = error_message
+        if eta_seconds is not None:
+            record.eta_seconds = round(max(float(eta_seconds), 0.0), 1)
+        if chunks_per_second is not None:
+            record.chunks_per_second = round(max(float(chunks_per_second), 0.0), 2)
         record.updated_at = now
+        record.heartbeat_at = now
 
         if changes or event_message:
             message = event_message or _stage_message(record.stage)
@@ -258,11 +302,13 @@ class ExpertProcessingProgressService:
         record.stage = Stage.COMPLETE
         record.progress_percentage = 100.0
         record.error_message = None
+        record.eta_seconds = 0.0
         if metadata:
             record.details = {**(record.details or {}), **dict(metadata)}
         record.updated_at = now
         record.completed_at = now
         self._event(record, "Processing complete", dict(metadata or {}), now)
+        enqueue_finished(self.db, record)  # in this transaction: the event is never lost
         self.db.commit()
         return record
 
@@ -301,10 +347,12 @@ class ExpertProcessingProgressService:
         record.status = status
         record.stage = Stage.FAILED if status == Status.FAILED else record.stage
         record.error_message = message
+        record.eta_seconds = None
         record.updated_at = now
         record.completed_at = now
         label = "Processing failed" if status == Status.FAILED else "Processing cancelled"
         self._event(record, f"{label}: {message}", {}, now)
+        enqueue_finished(self.db, record)
         self.db.commit()
         return record
 
@@ -338,6 +386,9 @@ class ExpertProcessingProgressService:
         record.started_at = now
         record.updated_at = now
         record.completed_at = None
+        record.eta_seconds = None
+        record.chunks_per_second = None
+        record.heartbeat_at = None
 
     def _event(
         self, record: ExpertProcessingProgress, message: str, data: dict[str, Any], now: datetime

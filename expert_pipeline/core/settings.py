@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -56,13 +56,42 @@ class Settings(BaseSettings):
     # Progress writes are coalesced: at most one non-essential write per this many seconds.
     progress_min_write_interval_seconds: float = 0.5
 
+    # A run with no sign of life for this long is shown as stalled.
+    stall_after_seconds: float = 60.0
+
     completed_retention_days: float = 30.0
     failed_retention_days: float = 90.0
+
+    # Signed webhooks on completed / failed / cancelled (expert_pipeline/core/webhooks.py).
+    # WEBHOOK_URLS is comma-separated; empty means webhooks are off. NoDecode: pydantic-settings
+    # would otherwise parse a list-typed variable as JSON.
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Without a secret, deliveries are sent unsigned (no X-Expert-Pipeline-Signature header).
+    webhook_secret: str | None = None
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("expert_pipeline_home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _split_webhook_urls(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [url.strip() for url in value.split(",") if url.strip()]
+        for url in value:
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValueError(f"WEBHOOK_URLS: {url!r} is not an http(s) URL")
+        return value
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_none(cls, value: Any) -> Any:
+        return value or None
 
     @property
     def resolved_database_url(self) -> str:

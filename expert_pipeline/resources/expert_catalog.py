@@ -36,12 +36,12 @@ class ExpertCatalog(dg.ConfigurableResource):
         with Session(self.engine, expire_on_commit=False) as session:
             return list(session.scalars(query.order_by(ExpertFile.created_at, ExpertFile.id)))
 
-    def reset_files(self, expert_id: str) -> None:
-        """A new run indexes every file again (vector ids are deterministic, so no duplicates)."""
+    def retry_failed_files(self, expert_id: str) -> None:
+        """A new run retries the files that failed; indexed files stay indexed (not paid twice)."""
         with Session(self.engine) as session:
             session.execute(
                 update(ExpertFile)
-                .where(ExpertFile.expert_id == expert_id)
+                .where(ExpertFile.expert_id == expert_id, ExpertFile.status == FileStatus.FAILED)
                 .values(status=FileStatus.PENDING, error_kind=None, error_message=None)
             )
             session.commit()

@@ -7,6 +7,7 @@ The time spent writing is measured so benchmarks can show that tracking costs al
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,21 +20,27 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from expert_pipeline.core.db import engine_for
-from expert_pipeline.core.models import Stage
-from expert_pipeline.core.progress_service import ExpertProcessingProgressService
+from expert_pipeline.core.models import Stage, Status
+from expert_pipeline.core.progress_service import ExpertProcessingProgressService, RunNotWanted
 
 
 class IngestFailed(Exception):
     """The expert cannot be completed; the message is shown to the user as is."""
 
 
+class IngestCancelled(Exception):
+    """The user cancelled the expert while this run worked on it."""
+
+
 class ExpertProgress:
     """Progress writes for one expert within one step of a run."""
 
-    def __init__(self, engine: Engine, expert_id: str, min_interval: float) -> None:
+    def __init__(self, engine: Engine, expert_id: str, min_interval: float, heartbeat_interval: float = 10.0) -> None:
         self.engine = engine
         self.expert_id = expert_id
         self.min_interval = min_interval
+        self.heartbeat_interval = heartbeat_interval
+        self._cancelled = threading.Event()
         self.seconds_writing = 0.0
         self.writes = 0
         self._pending: dict[str, Any] | None = None
@@ -45,10 +52,27 @@ class ExpertProgress:
             result = getattr(ExpertProcessingProgressService(session), method)(**kwargs)
         self.seconds_writing += time.perf_counter() - started
         self.writes += 1
+        if getattr(result, "status", None) == Status.CANCELLED:
+            self._cancelled.set()
         return result
 
-    def start_run(self, run_id: str, total_files: int) -> None:
-        self._call("start_run", expert_id=self.expert_id, run_id=run_id, total_files=total_files)
+    def start_run(self, run_id: str, total_files: int, retry_of: str | None = None) -> None:
+        self._call("start_run", expert_id=self.expert_id, run_id=run_id, total_files=total_files, retry_of=retry_of)
+
+    def raise_if_cancelled(self) -> None:
+        """Cancellation is cooperative: the run stops at its next batch boundary."""
+        if self._cancelled.is_set():
+            raise IngestCancelled("Cancelled by user")
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_interval):
+            try:
+                with Session(self.engine) as session:
+                    status = ExpertProcessingProgressService(session).heartbeat(self.expert_id)
+            except Exception:  # noqa: BLE001 - a missed heartbeat shows as "stalled", never as a crash
+                continue
+            if status == Status.CANCELLED:
+                self._cancelled.set()
 
     def stage(self, stage: Stage, percentage: float, message: str | None = None, **fields: Any) -> None:
         """Enter a stage: written at once (with any coalesced update folded in), with an event."""
@@ -68,6 +92,7 @@ class ExpertProgress:
             fields["details"] = {**merged["details"], **fields["details"]}
         merged.update(fields, progress_percentage=percentage)
         self._pending = merged
+        self.raise_if_cancelled()
         if force or time.monotonic() - self._last_write >= self.min_interval:
             self.flush()
 
@@ -96,10 +121,22 @@ class ExpertProgress:
 
     @contextmanager
     def guard(self, what: str) -> Iterator[ExpertProgress]:
-        """Whatever ends a step early ends in the progress row with a readable message."""
+        """Whatever ends a step early ends in the progress row with a readable message.
+
+        While the step works, a heartbeat thread shows the run is alive (so a long provider
+        call is not mistaken for a stalled run) and notices a cancellation.
+        """
+        stop = threading.Event()
+        beater = threading.Thread(target=self._beat, args=(stop,), daemon=True)
+        beater.start()
         try:
             yield self
             self.flush()
+            self.raise_if_cancelled()
+        except (IngestCancelled, RunNotWanted) as exc:
+            # The row already says cancelled (or finished); the run just stops.
+            self._pending = None
+            raise dg.Failure(description=str(exc)) from exc
         except DagsterExecutionInterruptedError:
             self.cancelled("Cancelled: the run was stopped")
             raise
@@ -109,6 +146,8 @@ class ExpertProgress:
         except Exception as exc:
             self.failed(f"{what} failed: {exc.__class__.__name__}: {exc}")
             raise
+        finally:
+            stop.set()
 
 
 class ProgressReporter(dg.ConfigurableResource):
@@ -116,10 +155,11 @@ class ProgressReporter(dg.ConfigurableResource):
 
     database_url: str
     min_write_interval_seconds: float = 0.5
+    heartbeat_interval_seconds: float = 10.0
 
     _engine: Engine | None = PrivateAttr(default=None)
 
     def for_expert(self, expert_id: str) -> ExpertProgress:
         if self._engine is None:
             self._engine = engine_for(self.database_url)
-        return ExpertProgress(self._engine, expert_id, self.min_write_interval_seconds)
+        return ExpertProgress(self._engine, expert_id, self.min_write_interval_seconds, self.heartbeat_interval_seconds)

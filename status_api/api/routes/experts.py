@@ -9,7 +9,9 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 
 from expert_pipeline.core import experts_service
 from expert_pipeline.core.experts_service import Upload, UploadLimits, UploadRejected
-from expert_pipeline.core.models import Expert, ExpertFile
+from expert_pipeline.core.models import ACTIVE_STATUSES, Expert, ExpertFile, ExpertProcessingProgress
+from expert_pipeline.core.progress_service import ExpertProcessingProgressService
+from expert_pipeline.core.settings import Settings
 from expert_pipeline.text.extraction import SUPPORTED_EXTENSIONS
 from status_api.api.deps import (
     ExpertId,
@@ -26,9 +28,10 @@ from status_api.schemas import (
     ExpertOut,
     ExpertResponse,
     ExpertWithProgress,
-    ProgressRecord,
+    ProgressResponse,
     SuccessResponse,
 )
+from status_api.progress_view import present_many
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/experts", tags=["experts"])
@@ -45,6 +48,23 @@ def _expert_out(expert: Expert, files: list[ExpertFile]) -> ExpertOut:
     return ExpertOut.model_validate({**_columns(expert), "files": files})
 
 
+def _limits(settings: Settings) -> UploadLimits:
+    return UploadLimits(
+        max_files=settings.max_upload_files,
+        max_file_bytes=settings.max_upload_file_bytes,
+        max_total_bytes=settings.max_upload_total_bytes,
+        allowed_extensions=SUPPORTED_EXTENSIONS,
+    )
+
+
+def _with_progress(
+    expert: Expert, files: list[ExpertFile], record: ExpertProcessingProgress | None, settings: Settings,
+    service: ExpertProcessingProgressService,
+) -> ExpertWithProgress:
+    progress = present_many([record], settings, service)[0] if record else None
+    return ExpertWithProgress.model_validate({**_columns(expert), "files": files, "progress": progress})
+
+
 def _columns(expert: Expert) -> dict[str, object]:
     return {"id": expert.id, "name": expert.name, "agent_id": expert.agent_id, "created_at": expert.created_at}
 
@@ -52,6 +72,7 @@ def _columns(expert: Expert) -> dict[str, object]:
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ExpertCreatedResponse, responses=REJECTIONS)
 def create_expert(
     db: SessionDep,
+    service: ProgressServiceDep,
     settings: SettingsDep,
     storage: FileStorageDep,
     name: Annotated[str, Form(description="The expert's name", max_length=200)],
@@ -59,53 +80,99 @@ def create_expert(
     agent_id: Annotated[str | None, Form(max_length=128)] = None,
 ) -> ExpertCreatedResponse:
     """Store the files, create the expert and its `pending` progress row; the pipeline starts it."""
-    limits = UploadLimits(
-        max_files=settings.max_upload_files,
-        max_file_bytes=settings.max_upload_file_bytes,
-        max_total_bytes=settings.max_upload_total_bytes,
-        allowed_extensions=SUPPORTED_EXTENSIONS,
-    )
     uploads = [Upload(filename=f.filename or "", stream=f.file) for f in files]
     try:
         expert, progress = experts_service.create_expert(
-            db, storage, name=name, uploads=uploads, limits=limits, agent_id=agent_id or None
+            db, storage, name=name, uploads=uploads, limits=_limits(settings), agent_id=agent_id or None
         )
     except UploadRejected as exc:
         raise HTTPException(status_code=exc.status_code, detail=str(exc)) from exc
     stored = experts_service.files_of(db, [expert.id])[expert.id]
-    return ExpertCreatedResponse(expert=_expert_out(expert, stored), progress=ProgressRecord.model_validate(progress))
+    return ExpertCreatedResponse(
+        expert=_expert_out(expert, stored), progress=present_many([progress], settings, service)[0]
+    )
 
 
 @router.get("", response_model=ExpertListResponse)
-def list_experts(db: SessionDep, service: ProgressServiceDep) -> ExpertListResponse:
+def list_experts(db: SessionDep, service: ProgressServiceDep, settings: SettingsDep) -> ExpertListResponse:
     """Every expert with its files and progress, newest first."""
     experts = experts_service.list_experts(db)
     files = experts_service.files_of(db, [e.id for e in experts])
-    items = []
-    for expert in experts:
-        record = service.get_progress(expert.id)
-        items.append(
-            ExpertWithProgress.model_validate(
-                {**_columns(expert), "files": files[expert.id],
-                 "progress": ProgressRecord.model_validate(record) if record else None}
-            )
-        )
+    items = [_with_progress(e, files[e.id], service.get_progress(e.id), settings, service) for e in experts]
     return ExpertListResponse(count=len(items), experts=items)
 
 
-@router.get("/{expert_id}", response_model=ExpertResponse, responses=NOT_FOUND)
-def get_expert(expert_id: ExpertId, db: SessionDep, service: ProgressServiceDep) -> ExpertResponse:
+def _require_expert(db: SessionDep, expert_id: str) -> Expert:
     expert = experts_service.get_expert(db, expert_id)
     if expert is None:
         raise HTTPException(status_code=404, detail=f"No expert '{expert_id}'")
-    record = service.get_progress(expert_id)
+    return expert
+
+
+@router.get("/{expert_id}", response_model=ExpertResponse, responses=NOT_FOUND)
+def get_expert(expert_id: ExpertId, db: SessionDep, service: ProgressServiceDep, settings: SettingsDep) -> ExpertResponse:
+    expert = _require_expert(db, expert_id)
     files = experts_service.files_of(db, [expert_id])[expert_id]
-    return ExpertResponse(
-        expert=ExpertWithProgress.model_validate(
-            {**_columns(expert), "files": files,
-             "progress": ProgressRecord.model_validate(record) if record else None}
-        )
-    )
+    return ExpertResponse(expert=_with_progress(expert, files, service.get_progress(expert_id), settings, service))
+
+
+BUSY = {409: {"model": ErrorResponse, "description": "The expert is being processed or already finished"}}
+
+
+@router.post("/{expert_id}/cancel", response_model=ProgressResponse, responses={**NOT_FOUND, **BUSY})
+def cancel_expert(expert_id: ExpertId, service: ProgressServiceDep, settings: SettingsDep) -> ProgressResponse:
+    """Stop the expert's processing. The run stops at its next batch; the row says `cancelled`."""
+    record = service.get_progress(expert_id)
+    if record is None:
+        raise HTTPException(status_code=404, detail=f"No progress record for expert '{expert_id}'")
+    if record.status not in ACTIVE_STATUSES:
+        raise HTTPException(status_code=409, detail=f"Expert '{expert_id}' is already {record.status}")
+    record = service.mark_cancelled(expert_id, "Cancelled by user")
+    return ProgressResponse(progress=present_many([record], settings, service)[0])
+
+
+def _requeue(db: SessionDep, service: ExpertProcessingProgressService, expert: Expert) -> ExpertProcessingProgress:
+    record = service.get_progress(expert.id)
+    if record is not None and record.status in ACTIVE_STATUSES:
+        raise HTTPException(status_code=409, detail=f"Expert '{expert.id}' is already {record.status}")
+    files = experts_service.files_of(db, [expert.id])[expert.id]
+    return service.create_progress_record(expert_id=expert.id, agent_id=expert.agent_id, total_files=len(files))
+
+
+@router.post("/{expert_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=ProgressResponse,
+             responses={**NOT_FOUND, **BUSY})
+def retry_expert(
+    expert_id: ExpertId, db: SessionDep, service: ProgressServiceDep, settings: SettingsDep
+) -> ProgressResponse:
+    """Queue the expert again: failed and unfinished files are processed; indexed files are kept,
+    and chunks embedded before are taken from the embedding cache, not paid for again."""
+    record = _requeue(db, service, _require_expert(db, expert_id))
+    return ProgressResponse(progress=present_many([record], settings, service)[0])
+
+
+@router.post("/{expert_id}/files", status_code=status.HTTP_202_ACCEPTED, response_model=ExpertCreatedResponse,
+             responses={**NOT_FOUND, **BUSY, **REJECTIONS})
+def add_files(
+    expert_id: ExpertId,
+    db: SessionDep,
+    service: ProgressServiceDep,
+    settings: SettingsDep,
+    storage: FileStorageDep,
+    files: Annotated[list[UploadFile], File(description="One or more documents to add")],
+) -> ExpertCreatedResponse:
+    """Add documents to an expert; only the new ones are ingested."""
+    expert = _require_expert(db, expert_id)
+    record = service.get_progress(expert_id)
+    if record is not None and record.status in ACTIVE_STATUSES:
+        raise HTTPException(status_code=409, detail=f"Expert '{expert_id}' is already {record.status}")
+    uploads = [Upload(filename=f.filename or "", stream=f.file) for f in files]
+    try:
+        experts_service.add_files(db, storage, expert, uploads=uploads, limits=_limits(settings))
+    except UploadRejected as exc:
+        raise HTTPException(status_code=exc.status_code, detail=str(exc)) from exc
+    record = _requeue(db, service, expert)
+    stored = experts_service.files_of(db, [expert_id])[expert_id]
+    return ExpertCreatedResponse(expert=_expert_out(expert, stored), progress=present_many([record], settings, service)[0])
 
 
 @router.delete("/{expert_id}", response_model=SuccessResponse, responses=NOT_FOUND)

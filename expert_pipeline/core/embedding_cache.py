@@ -1,0 +1,56 @@
+"""Embeddings cached by content hash and model, in the application database.
+
+A retry or a re-ingest of unchanged text asks the provider only for chunks it has never seen,
+so nobody pays twice for the same embedding. The cache lives in the shared database (not on
+a run worker's disk), so every worker of a scaled-out deployment benefits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from expert_pipeline.core.models import EmbeddingCacheEntry
+
+
+def cache_key(model: str, dimensions: int, text: str) -> str:
+    return hashlib.sha256(f"{model}\x00{dimensions}\x00{text}".encode()).hexdigest()
+
+
+class EmbeddingCache:
+    def __init__(self, engine: Engine, model: str, dimensions: int) -> None:
+        self.engine = engine
+        self.model = model
+        self.dimensions = dimensions
+
+    def keys(self, texts: Sequence[str]) -> list[str]:
+        return [cache_key(self.model, self.dimensions, t) for t in texts]
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        if not keys:
+            return {}
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(EmbeddingCacheEntry.key, EmbeddingCacheEntry.vector).where(EmbeddingCacheEntry.key.in_(set(keys)))
+            )
+            return {key: np.frombuffer(blob, dtype=np.float32) for key, blob in rows}
+
+    def put_many(self, vectors: Mapping[str, np.ndarray]) -> None:
+        if not vectors:
+            return
+        rows = [
+            {"key": key, "model": self.model, "vector": np.asarray(v, dtype=np.float32).tobytes()}
+            for key, v in vectors.items()
+        ]
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        # Two runs may embed the same text at once; the first write wins, both are identical.
+        statement = insert(EmbeddingCacheEntry).values(rows).on_conflict_do_nothing(index_elements=["key"])
+        with Session(self.engine) as session:
+            session.execute(statement)
+            session.commit()

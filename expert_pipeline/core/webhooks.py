@@ -1,0 +1,500 @@
+"""Signed webhooks for finished experts, through a transactional outbox (no Dagster import).
+
+When an expert's progress reaches `completed`, `failed` or `cancelled`, the progress service
+calls `enqueue_finished` in the same transaction as the terminal state: one `pending` row per
+URL of `WEBHOOK_URLS` in `webhook_deliveries`, all sharing one `event_id`. The terminal state
+and its webhook rows therefore commit (or roll back) together, and nothing is lost if a
+process dies. `deliver_due` (run by the Dagster sensor `webhook_delivery_sensor`) sends the
+rows that are due and records every attempt on the row (`attempts`, `last_status_code`,
+`last_error`).
+
+Request::
+
+    POST <url>
+    Content-Type: application/json
+    X-Expert-Pipeline-Event: expert.completed            (or expert.failed / expert.cancelled)
+    X-Expert-Pipeline-Delivery: <event_id>               (same for every URL and every retry)
+    X-Expert-Pipeline-Signature: t=<unix ts>,v1=<hex>    (only when WEBHOOK_SECRET is set)
+
+    {"event_id": "...", "type": "expert.completed", "created_at": "2026-...Z",
+     "expert_id": "...", "progress": {<the specification's progress fields>}}
+
+`v1` is hex(HMAC-SHA256(WEBHOOK_SECRET, f"{t}.{raw body}")). Receivers check it with
+`verify_signature` (or the same three lines in their language), which also rejects timestamps
+more than `tolerance_seconds` away from now, so a captured request cannot be replayed later.
+Without `WEBHOOK_SECRET` requests are sent UNSIGNED (no signature header): receivers then
+cannot tell our requests from anyone else's, so set a secret in production.
+
+Delivery is at-least-once: a 2xx answer marks the row `delivered`; anything else (non-2xx,
+timeout, connection error; redirects are not followed) is retried with exponential backoff and
+jitter (about 2^attempts seconds, capped at one hour) until `WEBHOOK_MAX_ATTEMPTS`, then the
+row is `failed`. A worker that dies after sending but before recording the answer causes one
+resend, so receivers should de-duplicate on `event_id` + URL.
+
+Concurrency: a worker claims due rows in a short transaction (on PostgreSQL
+`SELECT ... FOR UPDATE SKIP LOCKED`; on every backend a compare-and-set on `attempts`), moving
+their `next_attempt_at` forward by a lease, and commits before any HTTP request. So two
+workers never send one row at the same time, and no database lock is held while waiting on a
+slow receiver. The result is written back only if the row still carries that claim.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from expert_pipeline.core.models import (
+    ExpertProcessingProgress,
+    Status,
+    WebhookDelivery,
+    WebhookDeliveryStatus,
+    utcnow,
+)
+from expert_pipeline.core.settings import Settings, get_settings
+
+log = logging.getLogger("expert_pipeline.webhooks")
+
+SIGNATURE_HEADER = "X-Expert-Pipeline-Signature"
+EVENT_HEADER = "X-Expert-Pipeline-Event"
+DELIVERY_HEADER = "X-Expert-Pipeline-Delivery"
+USER_AGENT = "expert-pipeline-webhooks/1"
+
+EVENT_TYPES: dict[str, str] = {
+    Status.COMPLETED: "expert.completed",
+    Status.FAILED: "expert.failed",
+    Status.CANCELLED: "expert.cancelled",
+}
+
+# Exactly the specification's progress fields, in its order (the status API's ProgressRecord).
+PROGRESS_FIELDS: tuple[str, ...] = (
+    "id",
+    "expert_id",
+    "agent_id",
+    "stage",
+    "status",
+    "current_file",
+    "current_file_index",
+    "total_files",
+    "current_batch",
+    "total_batches",
+    "current_chunk",
+    "total_chunks",
+    "processed_files",
+    "failed_files",
+    "progress_percentage",
+    "details",
+    "error_message",
+    "started_at",
+    "updated_at",
+    "completed_at",
+)
+
+MAX_BACKOFF_SECONDS = 3600.0
+DEFAULT_TOLERANCE_SECONDS = 300
+_ERROR_LIMIT = 1000
+_BODY_SNIPPET_BYTES = 300
+_CLAIM_ROUNDS = 3
+
+
+# -- payload -----------------------------------------------------------------------------------
+
+
+def isoformat_utc(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z`, as the specification writes times (and the API sends them)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are ambiguous; pass a timezone-aware value")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return isoformat_utc(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def progress_payload(record: ExpertProcessingProgress) -> dict[str, Any]:
+    """The record as the specification's progress JSON (datetimes as ISO strings)."""
+    return {name: _plain(getattr(record, name)) for name in PROGRESS_FIELDS}
+
+
+def event_type_for(status: str) -> str:
+    try:
+        return EVENT_TYPES[Status(status)]
+    except (KeyError, ValueError):
+        raise ValueError(
+            f"no webhook event for status '{status}' (only completed, failed, cancelled)"
+        ) from None
+
+
+def build_event(
+    record: ExpertProcessingProgress, *, event_id: str | None = None, created_at: datetime | None = None
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id or str(uuid.uuid4()),
+        "type": event_type_for(record.status),
+        "created_at": isoformat_utc(created_at or utcnow()),
+        "expert_id": record.expert_id,
+        "progress": progress_payload(record),
+    }
+
+
+def enqueue_finished(
+    session: Session, record: ExpertProcessingProgress, settings: Settings | None = None
+) -> None:
+    """Add one pending delivery per configured URL to the caller's transaction (no commit).
+
+    Call it right after setting the terminal status and before the commit that records it.
+    Does nothing (and touches no database) when no URL is configured.
+    """
+    settings = settings or get_settings()
+    if not settings.webhook_urls:
+        return
+    now = utcnow()
+    event = build_event(record, created_at=now)
+    session.add_all(
+        WebhookDelivery(
+            event_id=event["event_id"],
+            expert_id=record.expert_id,
+            event_type=event["type"],
+            url=url,
+            payload=event,
+            status=WebhookDeliveryStatus.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        for url in dict.fromkeys(settings.webhook_urls)  # a URL listed twice gets one delivery
+    )
+
+
+# -- signing -----------------------------------------------------------------------------------
+
+
+def encode_body(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _digest(secret: str, timestamp: int, body: bytes) -> str:
+    message = f"{timestamp}.".encode() + body
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """The `X-Expert-Pipeline-Signature` value for this body: `t=<unix ts>,v1=<hex hmac>`."""
+    ts = int(time.time()) if timestamp is None else int(timestamp)
+    return f"t={ts},v1={_digest(secret, ts, body)}"
+
+
+def verify_signature(
+    secret: str,
+    body: bytes,
+    header: str,
+    tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
+    now: float | datetime | None = None,
+) -> bool:
+    """True only if `header` signs exactly `body` with `secret` at a time within tolerance.
+
+    Rejects a malformed header, an empty secret, a timestamp further than `tolerance_seconds`
+    from `now` (in either direction: replays and clock tricks), and any other signature.
+    Several `v1=` entries are accepted (one must match), for secret rotation by the sender.
+    """
+    if not secret or not header:
+        return False
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep:
+            return False
+        if key == "t":
+            try:
+                timestamp = int(value)
+            except ValueError:
+                return False
+        elif key == "v1":
+            candidates.append(value)
+    if timestamp is None or not candidates:
+        return False
+    current = time.time() if now is None else (now.timestamp() if isinstance(now, datetime) else float(now))
+    if abs(current - timestamp) > tolerance_seconds:
+        return False
+    expected = _digest(secret, timestamp, body)
+    # No early exit: compare every candidate, each in constant time.
+    matched = False
+    for candidate in candidates:
+        matched |= hmac.compare_digest(expected.encode(), candidate.encode())
+    return matched
+
+
+# -- delivery ----------------------------------------------------------------------------------
+
+
+def backoff_seconds(attempts: int, rng: random.Random | None = None) -> float:
+    """Delay before the next try after `attempts` failed ones: 2^attempts s (max 1 h), jittered.
+
+    "Equal jitter": uniformly between half and all of the exponential step, so retries of
+    many deliveries spread out but still grow.
+    """
+    step = min(MAX_BACKOFF_SECONDS, 2.0 ** min(max(attempts, 0), 32))
+    return step / 2 + (rng or random).uniform(0, step / 2)
+
+
+@dataclass
+class DeliveryReport:
+    claimed: int = 0  # rows this call took and attempted
+    delivered: int = 0  # answered 2xx
+    retrying: int = 0  # failed this time, scheduled for another attempt
+    failed: int = 0  # gave up (max attempts reached)
+    lost_claim: int = 0  # result not recorded: the claim expired and another worker took the row
+
+    def add(self, other: DeliveryReport) -> None:
+        for name in ("claimed", "delivered", "retrying", "failed", "lost_claim"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def summary(self) -> str:
+        if not (self.claimed or self.failed):
+            return "No webhook deliveries due"
+        text = f"Webhooks: {self.delivered} delivered, {self.retrying} to retry, {self.failed} failed"
+        if self.lost_claim:
+            text += f", {self.lost_claim} taken over by another worker"
+        return text
+
+
+@dataclass(frozen=True)
+class _Claim:
+    id: int
+    event_id: str
+    event_type: str
+    url: str
+    payload: dict[str, Any]
+    attempt: int  # the value of `attempts` this claim set: its fencing token
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    claim: _Claim
+    ok: bool
+    status_code: int | None
+    error: str | None
+
+
+def _factory(bind: Engine | sessionmaker[Session]) -> sessionmaker[Session]:
+    if isinstance(bind, sessionmaker):
+        return bind
+    return sessionmaker(bind, expire_on_commit=False)
+
+
+def _claim_due(
+    factory: sessionmaker[Session], settings: Settings, now: datetime, limit: int, max_workers: int,
+    report: DeliveryReport,
+) -> list[_Claim]:
+    # Long enough for a whole batch to be sent before another worker may take one of its rows.
+    rounds = math.ceil(limit / max(max_workers, 1))
+    lease = now + timedelta(seconds=60 + 3 * settings.webhook_timeout_seconds * rounds)
+    claims: list[_Claim] = []
+    with factory() as session:
+        postgresql = session.get_bind().dialect.name == "postgresql"
+        seen: set[int] = set()
+        for _ in range(_CLAIM_ROUNDS):
+            query = (
+                select(WebhookDelivery)
+                .where(
+                    WebhookDelivery.status == WebhookDeliveryStatus.PENDING,
+                    WebhookDelivery.next_attempt_at <= now,
+                )
+                .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+                .limit(limit - len(claims))
+            )
+            if seen:
+                query = query.where(WebhookDelivery.id.not_in(seen))
+            if postgresql:
+                # Rows another worker is claiming right now are skipped, not waited for.
+                query = query.with_for_update(skip_locked=True)
+            rows = list(session.scalars(query))
+            lost = False
+            for row in rows:
+                seen.add(row.id)
+                guard = (
+                    WebhookDelivery.id == row.id,
+                    WebhookDelivery.status == WebhookDeliveryStatus.PENDING,
+                    WebhookDelivery.attempts == row.attempts,
+                )
+                if row.attempts >= settings.webhook_max_attempts:
+                    # Its last attempt was claimed by a worker that stopped before recording the answer.
+                    result = session.execute(
+                        update(WebhookDelivery).where(*guard).values(
+                            status=WebhookDeliveryStatus.FAILED,
+                            last_error=(row.last_error or "no answer recorded for the last attempt"),
+                        ).execution_options(synchronize_session=False)
+                    )
+                    report.failed += result.rowcount
+                    continue
+                # Compare-and-set on `attempts`: on SQLite (no row locks) this is what makes the claim
+                # exclusive; on PostgreSQL the row lock already does, and this always succeeds.
+                result = session.execute(
+                    update(WebhookDelivery).where(*guard)
+                    .values(attempts=row.attempts + 1, next_attempt_at=lease)
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount == 1:
+                    claims.append(_Claim(
+                        row.id, row.event_id, row.event_type, row.url, dict(row.payload), row.attempts + 1
+                    ))
+                else:
+                    lost = True  # another worker claimed it first; look for other due rows
+            if not lost or len(claims) >= limit:
+                break
+        session.commit()
+    report.claimed += len(claims)
+    return claims
+
+
+def _headers(settings: Settings, claim: _Claim, body: bytes) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        EVENT_HEADER: claim.event_type,
+        DELIVERY_HEADER: claim.event_id,
+    }
+    if settings.webhook_secret:
+        # Signed at send time (wall clock), so the receiver's replay window starts now.
+        headers[SIGNATURE_HEADER] = sign(settings.webhook_secret, body)
+    return headers
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _ERROR_LIMIT else text[: _ERROR_LIMIT - 1] + "…"
+
+
+def _send(client: httpx.Client, settings: Settings, claim: _Claim) -> _Outcome:
+    body = encode_body(claim.payload)
+    try:
+        with client.stream(
+            "POST", claim.url, content=body, headers=_headers(settings, claim, body),
+            timeout=settings.webhook_timeout_seconds,
+        ) as response:
+            code = response.status_code
+            if 200 <= code < 300:
+                return _Outcome(claim, True, code, None)
+            snippet = b""
+            for chunk in response.iter_bytes():
+                snippet += chunk
+                if len(snippet) >= _BODY_SNIPPET_BYTES:
+                    break
+            text = snippet[:_BODY_SNIPPET_BYTES].decode("utf-8", "replace").strip()
+            reason = response.reason_phrase or ""
+            error = f"HTTP {code} {reason}".strip() + (f": {text}" if text else "")
+            return _Outcome(claim, False, code, _short(error))
+    except Exception as exc:  # noqa: BLE001 - any failure of one request is recorded on its row
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return _Outcome(claim, False, None, _short(message))
+
+
+def _record(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    outcome: _Outcome,
+    now: datetime,
+    report: DeliveryReport,
+) -> None:
+    claim = outcome.claim
+    values: dict[str, Any] = {"last_status_code": outcome.status_code, "last_error": outcome.error}
+    if outcome.ok:
+        values |= {"status": WebhookDeliveryStatus.DELIVERED, "delivered_at": now}
+        counter = "delivered"
+    elif claim.attempt >= settings.webhook_max_attempts:
+        values |= {"status": WebhookDeliveryStatus.FAILED}
+        counter = "failed"
+    else:
+        values |= {"next_attempt_at": now + timedelta(seconds=backoff_seconds(claim.attempt))}
+        counter = "retrying"
+    with factory() as session:
+        result = session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == claim.id,
+                WebhookDelivery.status == WebhookDeliveryStatus.PENDING,
+                WebhookDelivery.attempts == claim.attempt,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+    if result.rowcount != 1:
+        report.lost_claim += 1
+        log.warning(
+            "webhook %s to %s: claim expired before the answer was recorded", claim.event_id, claim.url
+        )
+        return
+    setattr(report, counter, getattr(report, counter) + 1)
+    if counter == "delivered":
+        log.info(
+            "webhook %s %s delivered to %s (attempt %d)",
+            claim.event_type, claim.event_id, claim.url, claim.attempt,
+        )
+    else:
+        log.warning(
+            "webhook %s %s to %s, attempt %d/%d: %s%s", claim.event_type, claim.event_id, claim.url,
+            claim.attempt, settings.webhook_max_attempts, outcome.error,
+            " - giving up" if counter == "failed" else "",
+        )
+
+
+def deliver_due(
+    bind: Engine | sessionmaker[Session],
+    settings: Settings | None = None,
+    *,
+    now: datetime | None = None,
+    limit: int = 50,
+    client: httpx.Client | None = None,
+    max_workers: int = 8,
+) -> DeliveryReport:
+    """Send up to `limit` pending deliveries whose `next_attempt_at` has come; record each try.
+
+    `bind` is an Engine or a sessionmaker. `now` (default: the current time) decides what is
+    due and is the base for the next retry time; signatures always use the wall clock.
+    Requests go out in parallel (`max_workers`), each with `WEBHOOK_TIMEOUT_SECONDS`.
+    """
+    settings = settings or get_settings()
+    clock: Callable[[], datetime] = (lambda: now) if now is not None else utcnow
+    factory = _factory(bind)
+    report = DeliveryReport()
+    claims = _claim_due(factory, settings, clock(), limit, max_workers, report)
+    if not claims:
+        return report
+    own_client = client is None
+    http = client or httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+    try:
+        workers = min(max_workers, len(claims))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook") as pool:
+            futures = [pool.submit(_send, http, settings, claim) for claim in claims]
+            for future in as_completed(futures):
+                _record(factory, settings, future.result(), clock(), report)
+    finally:
+        if own_client:
+            http.close()
+    return report
