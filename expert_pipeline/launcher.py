@@ -25,6 +25,8 @@ def run_servers(api_only: bool = False) -> int:
         "status API": [
             str(bin_dir / "uvicorn"), "status_api.main:create_app", "--factory",
             "--host", settings.status_api_host, "--port", str(settings.status_api_port),
+            # Open live streams (SSE) would otherwise hold a shutdown for the full kill delay.
+            "--timeout-graceful-shutdown", "3",
         ],
     }
     urls = {"status API": f"http://{settings.status_api_host}:{settings.status_api_port}/docs"}

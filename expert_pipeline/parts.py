@@ -67,6 +67,19 @@ def build_vector_store(settings: Settings, *, in_dagster: bool = False) -> Vecto
     return LanceDBVectorStore(uri=str(settings.vectors_dir))
 
 
+def build_chat_provider(settings: Settings) -> Any:
+    """A ChatProvider (see expert_pipeline.chat): extractive by default, OpenAI when configured."""
+    if settings.chat_provider == "openai":
+        from expert_pipeline.chat.openai_chat import OpenAIChat
+
+        return OpenAIChat(
+            api_key=settings.openai_api_key or "", model=settings.openai_chat_model, base_url=settings.openai_base_url
+        )
+    from expert_pipeline.chat import extractive
+
+    return extractive.answer
+
+
 def check_parts(settings: Settings) -> None:
     """Fail at startup, with every problem named, if a selected part is half-configured."""
     problems: list[str] = []

@@ -10,9 +10,12 @@ from fastapi import FastAPI
 
 from expert_pipeline.core.db import engine_for, migrate
 from expert_pipeline.core.settings import Settings, get_settings
-from expert_pipeline.parts import check_parts, log_parts
+from expert_pipeline.parts import build_chat_provider, check_parts, log_parts
 from status_api.api.errors import install_error_handlers
 from status_api.api.routes import experts, health, progress
+from status_api.api.routes import chat, stream
+from status_api.dashboard import install_dashboard
+from status_api.progress_broadcaster import ProgressBroadcaster
 
 log = logging.getLogger("status_api")
 
@@ -27,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log_parts(settings, log)
         migrate(settings.resolved_database_url)
         yield
+        await app.state.progress_broadcaster.aclose()
 
     app = FastAPI(
         title="Expert Pipeline status API",
@@ -40,5 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(progress.router)
     app.include_router(experts.router)
+    # Live progress (SSE), chat, and the dashboard that uses them.
+    app.state.progress_broadcaster = ProgressBroadcaster(app.state.engine, settings)
+    app.state.chat_provider = build_chat_provider(settings)
+    app.include_router(stream.router)
+    app.include_router(chat.router)
+    install_dashboard(app)
     return app
 

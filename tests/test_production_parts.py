@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from expert_pipeline.chat.openai_chat import OpenAIChat
 from expert_pipeline.core.settings import Settings
 from expert_pipeline.parts import PartsMisconfigured, build_vector_store, check_parts, describe_parts
 from status_api.main import create_app
@@ -48,6 +49,10 @@ def test_configuration_selects_every_production_part(production: Settings) -> No
     assert parts["embeddings"].startswith("openai text-embedding-3-small via http://127.0.0.1")
     assert parts["vector store"].startswith("pinecone (http://127.0.0.1")
     check_parts(production)  # fully configured: no complaint
+    chatty = production.model_copy(update={"chat_provider": "openai"})
+    assert describe_parts(chatty)["chat"] == "openai gpt-4o-mini"
+    provider = create_app(chatty).state.chat_provider
+    assert isinstance(provider, OpenAIChat) and provider.base_url == production.openai_base_url
 
 
 def test_upload_to_s3_ingest_with_openai_into_pinecone(

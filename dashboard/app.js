@@ -1,0 +1,668 @@
+// The Expert Pipeline dashboard: create experts, watch their progress live, chat when ready.
+// Plain ES module, no build step, no third-party code. Everything the API returns is shown
+// with textContent (never parsed as HTML).
+
+const API = "/api/experts";
+const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const POLL_MS = 2000;
+const BAR_LINGER_MS = 1200;
+const TOAST_MS = 10000;
+const MAX_BACKOFF_MS = 30000;
+
+// The same words as status_api/api/routes/chat.py uses in its "not ready yet" message.
+const STAGE_WORDS = {
+  file_processing: "Processing files",
+  text_extraction: "Extracting text",
+  embedding: "Generating embeddings",
+  pinecone_storage: "Storing vectors",
+  complete: "Complete",
+  failed: "Failed",
+};
+const STATUS_WORDS = { pending: "Queued", completed: "Complete", failed: "Failed", cancelled: "Cancelled" };
+const BADGE_WORDS = { pending: "Queued", in_progress: "Processing", completed: "Ready", failed: "Failed", cancelled: "Cancelled" };
+const FILE_WORDS = { pending: "Waiting", indexed: "Indexed", failed: "Failed" };
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+const state = {
+  experts: new Map(), // id -> {expert fields, files, progress}
+  cards: new Map(), // id -> card element
+  stream: null,
+  streamBackoff: 1000,
+  streamRetry: null,
+  pollTimer: null,
+  reloadTimer: null,
+  selectedFiles: [],
+  chatExpertId: null,
+  uploading: false,
+};
+
+// -- helpers ------------------------------------------------------------------------------
+
+export function stageInWords(progress) {
+  if (!progress) return "Not queued";
+  return STATUS_WORDS[progress.status] ?? STAGE_WORDS[progress.stage] ?? progress.stage;
+}
+
+export function percentDone(progress) {
+  // Rounded down: a run at 99.6 % is not "100 % done".
+  return progress ? Math.floor(progress.progress_percentage ?? 0) : 0;
+}
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function formatBytes(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+async function api(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, { headers: { Accept: "application/json" }, ...options });
+  } catch {
+    throw new Error("Could not reach the server. Check your connection and try again.");
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    body = null;
+  }
+  if (!response.ok) {
+    const error = new Error(body?.error || `The server answered ${response.status} ${response.statusText}`);
+    error.status = response.status;
+    throw error;
+  }
+  return body;
+}
+
+function newer(a, b) {
+  // Is progress record a newer than b? (no b: yes)
+  if (!b) return true;
+  return new Date(a.updated_at).getTime() >= new Date(b.updated_at).getTime();
+}
+
+// -- toasts --------------------------------------------------------------------------------
+
+function toast(message, kind = "completed") {
+  const box = $("#toasts");
+  const close = el("button", { type: "button", class: "small", "aria-label": "Dismiss notification", text: "×" });
+  const item = el("div", { class: "toast", "data-kind": kind }, el("p", { text: message }), close);
+  const remove = () => item.remove();
+  close.addEventListener("click", remove);
+  box.append(item);
+  setTimeout(remove, TOAST_MS);
+}
+
+// -- rendering -----------------------------------------------------------------------------
+
+function ensureCard(id) {
+  let card = state.cards.get(id);
+  if (card) return card;
+  card = $("#card-template").content.firstElementChild.cloneNode(true);
+  card.dataset.expertId = id;
+  const nameId = `expert-name-${id}`;
+  const hintId = `chat-hint-${id}`;
+  $(".card-name", card).id = nameId;
+  $("article", card).setAttribute("aria-labelledby", nameId);
+  const button = $(".chat-button", card);
+  const hint = $(".chat-hint", card);
+  hint.id = hintId;
+  button.setAttribute("aria-describedby", hintId);
+  button.addEventListener("click", () => openChat(id));
+  state.cards.set(id, card);
+  return card;
+}
+
+function formatDuration(seconds) {
+  if (seconds < 90) return `${Math.max(1, Math.round(seconds))} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+function detailLines(p) {
+  // [text, isWarning]
+  const lines = [];
+  if (p.status === "pending") {
+    if (p.queue_position) lines.push([`Position ${p.queue_position} in the queue`, false]);
+    return lines;
+  }
+  if (p.total_files > 0) {
+    const index = Math.min(p.current_file_index + 1, p.total_files);
+    const name = p.current_file || p.details?.filename;
+    lines.push([`File ${index} of ${p.total_files}${name ? `: ${name}` : ""}`, false]);
+  } else if (p.current_file) {
+    lines.push([`File: ${p.current_file}`, false]);
+  }
+  if (p.total_batches > 0) lines.push([`Batch ${p.current_batch}/${p.total_batches}`, false]);
+  if (p.total_chunks > 0) lines.push([`Chunks ${p.current_chunk}/${p.total_chunks}`, false]);
+  if (p.failed_files > 0) {
+    lines.push([`${p.failed_files} file${p.failed_files === 1 ? "" : "s"} could not be read`, true]);
+  }
+  if (typeof p.eta_seconds === "number" && p.eta_seconds > 0) {
+    lines.push([`About ${formatDuration(p.eta_seconds)} left`, false]);
+  }
+  if (p.stalled) lines.push(["No sign of life from the run for a while — it may be stuck", true]);
+  return lines;
+}
+
+function renderCard(id, { live = false } = {}) {
+  const expert = state.experts.get(id);
+  if (!expert) return;
+  const card = ensureCard(id);
+  const p = expert.progress;
+  const status = p?.status ?? "pending";
+  const terminal = TERMINAL.has(status);
+  const pct = percentDone(p);
+  const words = stageInWords(p);
+
+  $(".card-name", card).textContent = expert.name;
+  const badge = $(".badge", card);
+  badge.textContent = BADGE_WORDS[status] ?? status;
+  badge.dataset.status = status;
+  card.dataset.status = status;
+
+  // Progress bar: shown while processing; when a run ends in view it fills, then disappears.
+  const block = $(".progress-block", card);
+  const bar = $(".progress-track", card);
+  const shownPct = status === "completed" ? 100 : pct;
+  bar.setAttribute("aria-valuenow", String(shownPct));
+  bar.setAttribute("aria-valuetext", `${shownPct}% — ${words}`);
+  bar.setAttribute("aria-label", `Processing progress of ${expert.name}`);
+  $(".progress-fill", card).style.width = `${shownPct}%`;
+  $(".stage", card).textContent = words;
+  $(".pct", card).textContent = `${shownPct}%`;
+  const details = $(".details", card);
+  details.replaceChildren(
+    ...(p && !terminal ? detailLines(p) : []).map(([line, warning]) => el("li", { class: warning ? "warning" : "", text: line })),
+  );
+  if (!terminal) {
+    clearTimeout(card._hideTimer);
+    card._hideTimer = null;
+    block.hidden = false;
+    block.classList.remove("finishing");
+  } else if (live && !block.hidden) {
+    if (!card._hideTimer) {
+      block.classList.add("finishing");
+      card._hideTimer = setTimeout(() => {
+        block.hidden = true;
+        block.classList.remove("finishing");
+        card._hideTimer = null;
+      }, BAR_LINGER_MS);
+    }
+  } else if (!card._hideTimer) {
+    block.hidden = true;
+  }
+
+  // Summary and error.
+  const files = expert.files ?? [];
+  const indexed = files.filter((f) => f.status === "indexed").length;
+  const failed = files.filter((f) => f.status === "failed").length;
+  let summary = "";
+  if (status === "completed") {
+    summary = `Ready to chat · ${indexed} of ${files.length} file${files.length === 1 ? "" : "s"} indexed`;
+    if (failed) summary += ` · ${failed} failed`;
+  } else if (status === "pending") {
+    summary = "Waiting for the pipeline to start…";
+  }
+  $(".summary", card).textContent = summary;
+  const error = $(".error-message", card);
+  const showError = (status === "failed" || status === "cancelled") && p?.error_message;
+  error.hidden = !showError;
+  error.textContent = showError ? `${status === "failed" ? "Processing failed" : "Cancelled"}: ${p.error_message}` : "";
+
+  // Files with their results.
+  $(".files-heading", card).textContent = `Files (${files.length})${failed ? ` — ${failed} failed` : ""}`;
+  $(".files", card).replaceChildren(
+    ...files.map((f) => {
+      const item = el(
+        "li",
+        { "data-status": f.status },
+        el("span", { class: "file-name", text: f.filename }),
+        el("span", { class: "file-status", text: FILE_WORDS[f.status] ?? f.status }),
+      );
+      if (f.status === "failed" && f.error_message) {
+        item.append(el("span", { class: "file-error", text: f.error_message }));
+      }
+      return item;
+    }),
+  );
+
+  // Chat: only once the expert is complete; say why and how far along otherwise.
+  const button = $(".chat-button", card);
+  const hint = $(".chat-hint", card);
+  const ready = status === "completed";
+  button.disabled = !ready;
+  button.textContent = ready ? `Chat with ${expert.name}` : "Chat";
+  let why = "";
+  if (status === "failed") why = "Unavailable: processing failed";
+  else if (status === "cancelled") why = "Unavailable: processing was cancelled";
+  else if (!ready) why = `Available when processing completes — ${pct}% done`;
+  hint.textContent = why;
+  if (why) button.title = why;
+  else button.removeAttribute("title");
+}
+
+function renderList(options = {}) {
+  const list = $("#expert-list");
+  const ids = [...state.experts.values()]
+    .sort((a, b) => new Date(b.created_at) - new Date(a.created_at) || (a.id < b.id ? -1 : 1))
+    .map((e) => e.id);
+  for (const id of ids) renderCard(id, options);
+  const wanted = ids.map((id) => state.cards.get(id));
+  // Reorder only when needed, so focus inside a card is not lost on every update.
+  const current = [...list.children];
+  if (current.length !== wanted.length || current.some((node, i) => node !== wanted[i])) {
+    const focused = document.activeElement;
+    list.replaceChildren(...wanted);
+    if (focused && list.contains(focused)) focused.focus();
+  }
+  for (const [id, card] of state.cards) {
+    if (!state.experts.has(id)) {
+      card.remove();
+      state.cards.delete(id);
+    }
+  }
+  $("#experts-empty").hidden = ids.length > 0;
+}
+
+// -- data ------------------------------------------------------------------------------------
+
+function upsertExpert(expert) {
+  const known = state.experts.get(expert.id);
+  const progress = known?.progress && !newer(expert.progress ?? {}, known.progress) ? known.progress : expert.progress;
+  state.experts.set(expert.id, { ...known, ...expert, progress });
+}
+
+async function loadExperts() {
+  try {
+    const body = await api(API);
+    const seen = new Set();
+    for (const expert of body.experts) {
+      seen.add(expert.id);
+      const before = state.experts.get(expert.id)?.progress;
+      upsertExpert(expert);
+      const after = state.experts.get(expert.id).progress;
+      if (before && after && !TERMINAL.has(before.status) && TERMINAL.has(after.status)) announce(expert.id);
+    }
+    for (const id of [...state.experts.keys()]) if (!seen.has(id)) state.experts.delete(id);
+    $("#list-error").hidden = true;
+    // "live": a bar that is on screen when its run ends fills up and fades instead of vanishing.
+    renderList({ live: true });
+  } catch (error) {
+    const box = $("#list-error");
+    box.textContent = `Could not load your experts: ${error.message}`;
+    box.hidden = false;
+  }
+}
+
+function scheduleReload(delay = 250) {
+  clearTimeout(state.reloadTimer);
+  state.reloadTimer = setTimeout(loadExperts, delay);
+}
+
+function announce(id) {
+  const expert = state.experts.get(id);
+  const p = expert?.progress;
+  if (!p) return;
+  if (p.status === "completed") toast(`${expert.name} is ready to chat.`, "completed");
+  else if (p.status === "failed") toast(`Processing ${expert.name} failed: ${p.error_message || "unknown error"}`, "failed");
+  else if (p.status === "cancelled") toast(`Processing ${expert.name} was cancelled.`, "failed");
+}
+
+function onProgress(progress) {
+  const expert = state.experts.get(progress.expert_id);
+  if (!expert) {
+    scheduleReload(); // a new expert (created elsewhere): fetch the list
+    return;
+  }
+  const before = expert.progress;
+  if (before && !newer(progress, before)) return;
+  expert.progress = progress;
+  renderCard(progress.expert_id, { live: true });
+  if (TERMINAL.has(progress.status) && (!before || !TERMINAL.has(before.status))) {
+    if (before) announce(progress.expert_id);
+    scheduleReload(); // per-file results are final now
+  }
+}
+
+// -- live updates: SSE first, polling while the stream is down -----------------------------
+
+function setLiveState(kind, text) {
+  const node = $("#live-state");
+  node.dataset.state = kind;
+  node.textContent = text;
+}
+
+function connectStream() {
+  clearTimeout(state.streamRetry);
+  if (!("EventSource" in window)) {
+    startPolling();
+    return;
+  }
+  const stream = new EventSource(`${API}/progress/stream`);
+  state.stream = stream;
+  stream.addEventListener("open", () => {
+    state.streamBackoff = 1000;
+    stopPolling();
+    setLiveState("live", "Live updates on");
+    scheduleReload(0); // catch anything that changed while disconnected
+  });
+  stream.addEventListener("progress", (event) => {
+    try {
+      onProgress(JSON.parse(event.data));
+    } catch (error) {
+      console.warn("bad progress event", error);
+    }
+  });
+  stream.addEventListener("resync", () => scheduleReload(0));
+  stream.addEventListener("error", () => {
+    stream.close();
+    if (state.stream === stream) state.stream = null;
+    const wait = state.streamBackoff;
+    state.streamBackoff = Math.min(state.streamBackoff * 2, MAX_BACKOFF_MS);
+    setLiveState("polling", `Live updates interrupted — checking every ${POLL_MS / 1000} s, reconnecting…`);
+    startPolling();
+    state.streamRetry = setTimeout(connectStream, wait);
+  });
+}
+
+function startPolling() {
+  if (state.pollTimer) return;
+  const poll = async () => {
+    const active = [...state.experts.values()].filter((e) => !TERMINAL.has(e.progress?.status ?? "pending"));
+    await Promise.all(
+      active.map(async (expert) => {
+        try {
+          const body = await api(`${API}/${encodeURIComponent(expert.id)}/progress`);
+          onProgress(body.progress);
+        } catch (error) {
+          if (error.status === 404) scheduleReload();
+        }
+      }),
+    );
+  };
+  poll();
+  state.pollTimer = setInterval(poll, POLL_MS);
+}
+
+function stopPolling() {
+  clearInterval(state.pollTimer);
+  state.pollTimer = null;
+}
+
+// -- create expert ---------------------------------------------------------------------------
+
+function renderSelectedFiles() {
+  const list = $("#selected-files");
+  list.replaceChildren(
+    ...state.selectedFiles.map((file, index) => {
+      const remove = el("button", {
+        type: "button", class: "small ghost", text: "Remove", "aria-label": `Remove ${file.name}`,
+      });
+      remove.addEventListener("click", () => {
+        state.selectedFiles.splice(index, 1);
+        renderSelectedFiles();
+        $("#expert-files").focus();
+      });
+      return el("li", {}, el("span", { class: "file-name", text: `${file.name} (${formatBytes(file.size)})` }), remove);
+    }),
+  );
+}
+
+function addFiles(files) {
+  for (const file of files) {
+    const duplicate = state.selectedFiles.some(
+      (f) => f.name === file.name && f.size === file.size && f.lastModified === file.lastModified,
+    );
+    if (!duplicate) state.selectedFiles.push(file);
+  }
+  renderSelectedFiles();
+  showCreateError("");
+}
+
+function showCreateError(message) {
+  const box = $("#create-error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function upload(form) {
+  // XMLHttpRequest, not fetch: only XHR reports upload progress.
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", API);
+    xhr.responseType = "json";
+    xhr.setRequestHeader("Accept", "application/json");
+    const bar = $("#upload-progress");
+    const label = $("#upload-label");
+    xhr.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) {
+        const pct = Math.round((event.loaded / event.total) * 100);
+        bar.value = pct;
+        label.textContent = `Uploading… ${pct}%`;
+      }
+    });
+    xhr.upload.addEventListener("load", () => {
+      bar.value = 100;
+      label.textContent = "Upload complete, creating expert…";
+    });
+    xhr.addEventListener("load", () => {
+      const body = xhr.response;
+      if (xhr.status >= 200 && xhr.status < 300 && body?.success) resolve(body);
+      else reject(new Error(body?.error || `The server answered ${xhr.status}${xhr.statusText ? ` ${xhr.statusText}` : ""}`));
+    });
+    xhr.addEventListener("error", () => reject(new Error("The upload failed: could not reach the server.")));
+    xhr.addEventListener("abort", () => reject(new Error("The upload was cancelled.")));
+    xhr.send(form);
+  });
+}
+
+async function onCreate(event) {
+  event.preventDefault();
+  if (state.uploading) return;
+  const nameInput = $("#expert-name");
+  const name = nameInput.value.trim();
+  if (!name) {
+    showCreateError("Give the expert a name.");
+    nameInput.focus();
+    return;
+  }
+  if (!state.selectedFiles.length) {
+    showCreateError("Add at least one document (choose files or drop them on the box).");
+    $("#expert-files").focus();
+    return;
+  }
+  showCreateError("");
+  const form = new FormData();
+  form.append("name", name);
+  for (const file of state.selectedFiles) form.append("files", file, file.name);
+
+  const button = $("#create-button");
+  const progress = $("#upload");
+  state.uploading = true;
+  button.disabled = true;
+  progress.hidden = false;
+  $("#upload-progress").value = 0;
+  $("#upload-label").textContent = "Uploading… 0%";
+  try {
+    const body = await upload(form);
+    upsertExpert({ ...body.expert, progress: body.progress });
+    renderList();
+    nameInput.value = "";
+    state.selectedFiles = [];
+    renderSelectedFiles();
+    toast(`${body.expert.name} was created; processing starts shortly.`, "completed");
+  } catch (error) {
+    showCreateError(error.message);
+  } finally {
+    state.uploading = false;
+    button.disabled = false;
+    progress.hidden = true;
+  }
+}
+
+function setUpCreateForm() {
+  $("#create-form").addEventListener("submit", onCreate);
+  const input = $("#expert-files");
+  input.addEventListener("change", () => {
+    addFiles(input.files);
+    input.value = ""; // so choosing the same file again still fires "change"
+  });
+  const zone = $("#dropzone");
+  const stop = (event) => {
+    event.preventDefault();
+    event.stopPropagation();
+  };
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (event) => {
+      stop(event);
+      if (event.dataTransfer) event.dataTransfer.dropEffect = "copy";
+      zone.classList.add("dragging");
+    });
+  }
+  zone.addEventListener("dragleave", (event) => {
+    stop(event);
+    zone.classList.remove("dragging");
+  });
+  zone.addEventListener("drop", (event) => {
+    stop(event);
+    zone.classList.remove("dragging");
+    if (event.dataTransfer?.files?.length) addFiles(event.dataTransfer.files);
+  });
+  // A file dropped next to the box must not make the browser navigate away to the file.
+  for (const type of ["dragover", "drop"]) window.addEventListener(type, (event) => event.preventDefault());
+}
+
+// -- chat ------------------------------------------------------------------------------------
+
+function openChat(id) {
+  const expert = state.experts.get(id);
+  if (!expert || expert.progress?.status !== "completed") return;
+  const dialog = $("#chat-dialog");
+  if (state.chatExpertId !== id) $("#transcript").replaceChildren();
+  state.chatExpertId = id;
+  $("#chat-title").textContent = `Chat with ${expert.name}`;
+  $("#chat-error").hidden = true;
+  dialog._opener = state.cards.get(id)?.querySelector(".chat-button");
+  dialog.showModal();
+  $("#chat-message").focus();
+}
+
+const squash = (text) => text.replace(/\s+/g, " ").trim();
+
+function snippetFor(source, number, answer) {
+  // The part of the passage around the sentence the answer quotes from it (marker [number]).
+  const text = squash(source.text);
+  const cited = [...answer.matchAll(/(.+?)\s\[(\d+)\](?:\s|$)/g)]
+    .filter((m) => Number(m[2]) === number)
+    .map((m) => squash(m[1]));
+  const LIMIT = 260;
+  for (const sentence of cited) {
+    const at = text.indexOf(sentence);
+    if (at >= 0) {
+      const start = Math.max(0, at - 60);
+      const end = Math.min(text.length, Math.max(at + sentence.length, start + LIMIT));
+      return `${start > 0 ? "…" : ""}${text.slice(start, end)}${end < text.length ? "…" : ""}`;
+    }
+  }
+  return text.length > LIMIT ? `${text.slice(0, LIMIT).trimEnd()}…` : text;
+}
+
+function renderAnswer(item, body) {
+  item.classList.remove("pending");
+  item.replaceChildren(el("p", { class: "answer-text", text: body.answer }));
+  if (body.sources.length) {
+    item.append(
+      el("h3", { class: "visually-hidden", text: "Sources" }),
+      el(
+        "ol",
+        { class: "sources", "aria-label": "Sources" },
+        ...body.sources.map((source, index) => {
+          const where = source.page != null ? `${source.filename}, page ${source.page}` : source.filename;
+          return el(
+            "li",
+            { class: "source" },
+            el("span", { class: "source-where", text: where }),
+            el("span", { class: "source-snippet", text: snippetFor(source, index + 1, body.answer) }),
+          );
+        }),
+      ),
+    );
+  }
+}
+
+async function onAsk(event) {
+  event.preventDefault();
+  const id = state.chatExpertId;
+  const box = $("#chat-message");
+  const message = box.value.trim();
+  const error = $("#chat-error");
+  if (!message) {
+    error.textContent = "Type a question first.";
+    error.hidden = false;
+    box.focus();
+    return;
+  }
+  error.hidden = true;
+  const transcript = $("#transcript");
+  transcript.append(el("li", { class: "msg msg-question" }, el("p", { text: message })));
+  const answer = el("li", { class: "msg msg-answer pending" }, el("p", { text: "Looking through the documents…" }));
+  transcript.append(answer);
+  answer.scrollIntoView({ block: "nearest" });
+  const send = $("#chat-send");
+  send.disabled = true;
+  box.value = "";
+  try {
+    const body = await api(`${API}/${encodeURIComponent(id)}/chat`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ message }),
+    });
+    renderAnswer(answer, body);
+  } catch (err) {
+    answer.classList.remove("pending");
+    answer.classList.add("error");
+    answer.replaceChildren(el("p", { text: err.message }));
+    if (err.status === 409) scheduleReload(0);
+  } finally {
+    send.disabled = false;
+    answer.scrollIntoView({ block: "nearest" });
+    box.focus();
+  }
+}
+
+function setUpChat() {
+  const dialog = $("#chat-dialog");
+  $("#chat-form").addEventListener("submit", onAsk);
+  $("#chat-close").addEventListener("click", () => dialog.close());
+  dialog.addEventListener("close", () => dialog._opener?.focus());
+  $("#chat-message").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $("#chat-form").requestSubmit();
+    }
+  });
+}
+
+// -- start -----------------------------------------------------------------------------------
+
+async function start() {
+  setUpCreateForm();
+  setUpChat();
+  await loadExperts();
+  connectStream();
+}
+
+start();

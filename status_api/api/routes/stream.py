@@ -1,0 +1,194 @@
+"""Live progress over Server-Sent Events.
+
+`GET /api/experts/{expert_id}/progress/stream`
+    The expert's record at once, then every change; the stream ends after a terminal status
+    (completed, failed, cancelled). 404 when the expert has no progress record.
+`GET /api/experts/progress/stream`
+    Every active expert's record at once, then every changed record (including its final
+    transition), with a keepalive comment every ~15 s.
+
+Each frame is `event: progress` with `data:` the same JSON object as the specification's
+`progress`. A client that fell behind receives `event: resync` (it may have missed a change;
+re-read the list). All database reading is done by the app's one `ProgressBroadcaster`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
+
+from sqlalchemy.orm import Session
+
+from expert_pipeline.core.progress_service import ExpertProcessingProgressService
+from status_api.api.deps import ExpertId, get_engine
+from status_api.progress_broadcaster import (
+    ProgressBroadcaster,
+    ProgressChange,
+    Subscription,
+    encode_record,
+    get_broadcaster,
+)
+from status_api.progress_view import present_many
+from status_api.schemas import ProgressRecord
+
+router = APIRouter(prefix="/api/experts", tags=["progress stream"])
+
+RETRY_FRAME = b"retry: 3000\n\n"
+KEEPALIVE_FRAME = b": keepalive\n\n"
+RESYNC_FRAME = b'event: resync\ndata: {"reason": "events were dropped for a slow client"}\n\n'
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+STREAM_DOC = {
+    200: {"content": {"text/event-stream": {}}, "description": "A Server-Sent-Events stream of `progress` events"},
+}
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streaming response that always releases its subscription, however the stream ends
+    (finished, client gone, server cancelled)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, content: AsyncIterator[bytes], cleanup: Callable[[], None], status_code: int = 200
+    ) -> None:
+        super().__init__(content, status_code=status_code, headers=SSE_HEADERS)
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._cleanup()
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except RuntimeError:  # already running/closed
+                    pass
+
+
+async def _next_batch(sub: Subscription, keepalive: float) -> list[ProgressChange] | None:
+    """The queued changes (waiting up to `keepalive`); None when it is time for a keepalive."""
+    try:
+        async with asyncio.timeout(keepalive):
+            first = await sub.queue.get()
+    except TimeoutError:
+        return None
+    return [first, *sub.drain()]
+
+
+def _resync_if_lagged(sub: Subscription) -> bytes:
+    if sub.lagged:
+        sub.lagged = False
+        return RESYNC_FRAME
+    return b""
+
+
+async def _expert_stream(
+    broadcaster: ProgressBroadcaster, sub: Subscription, first: ProgressChange
+) -> AsyncIterator[bytes]:
+    cached = broadcaster.latest(first.expert_id)
+    current = cached if cached is not None and cached.updated_at > first.updated_at else first
+    yield RETRY_FRAME + current.frame
+    if current.terminal:
+        return
+    sent = current.updated_at
+    while True:
+        batch = await _next_batch(sub, broadcaster.keepalive_seconds)
+        if batch is None:
+            yield KEEPALIVE_FRAME
+            continue
+        sub.lagged = False  # every frame carries the whole record: the newest one is enough
+        fresh = [c for c in batch if c.updated_at > sent]
+        if not fresh:
+            continue
+        for index, change in enumerate(fresh):
+            if change.terminal:
+                yield b"".join(c.frame for c in fresh[: index + 1])
+                return
+        sent = fresh[-1].updated_at
+        yield b"".join(c.frame for c in fresh)
+
+
+async def _all_stream(broadcaster: ProgressBroadcaster, sub: Subscription) -> AsyncIterator[bytes]:
+    yield RETRY_FRAME
+    snapshot = await broadcaster.snapshot()
+    versions = {c.expert_id: c.updated_at for c in snapshot}
+    if snapshot:
+        yield b"".join(c.frame for c in snapshot)
+    while True:
+        batch = await _next_batch(sub, broadcaster.keepalive_seconds)
+        if batch is None:
+            yield KEEPALIVE_FRAME
+            continue
+        if versions:
+            # Changes queued while the snapshot was taken are already in it.
+            batch = [c for c in batch if _newer(c, versions.pop(c.expert_id, None))]
+        out = _resync_if_lagged(sub) + b"".join(c.frame for c in batch)
+        if out:
+            yield out
+
+
+def _newer(change: ProgressChange, seen: Any) -> bool:
+    return seen is None or change.updated_at > seen
+
+
+def _read_record(request: Request, expert_id: str) -> ProgressRecord | None:
+    """The record exactly as `GET /api/experts/{id}/progress` shows it."""
+    with Session(get_engine(request)) as session:
+        service = ExpertProcessingProgressService(session)
+        record = service.get_progress(expert_id)
+        if record is None:
+            return None
+        return present_many([record], request.app.state.settings, service)[0]
+
+
+@router.get(
+    "/progress/stream",
+    response_class=EventStreamResponse,
+    responses=STREAM_DOC,
+    summary="Live progress of every active expert (Server-Sent Events)",
+)
+async def stream_all_progress(request: Request) -> Any:
+    """Each active expert's record at once, then every change (`event: progress`), with
+    keepalive comments every ~15 s. Never ends on its own."""
+    broadcaster = get_broadcaster(request.app)
+    sub = broadcaster.subscribe(None)
+    return EventStreamResponse(_all_stream(broadcaster, sub), cleanup=lambda: broadcaster.unsubscribe(sub))
+
+
+@router.get(
+    "/{expert_id}/progress/stream",
+    response_class=EventStreamResponse,
+    responses={
+        **STREAM_DOC,
+        404: {
+            "description": "No progress record for this expert",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+        },
+    },
+    summary="Live progress of one expert (Server-Sent Events)",
+)
+async def stream_expert_progress(expert_id: ExpertId, request: Request) -> Any:
+    """The expert's record at once, then each change (`event: progress`); ends after the
+    record reaches completed, failed or cancelled."""
+    broadcaster = get_broadcaster(request.app)
+    # Subscribe before reading, so a change between the read and the first frame is queued.
+    sub = broadcaster.subscribe(expert_id)
+    try:
+        record = await run_in_threadpool(_read_record, request, expert_id)
+    except BaseException:
+        broadcaster.unsubscribe(sub)
+        raise
+    if record is None:
+        broadcaster.unsubscribe(sub)
+        raise HTTPException(status_code=404, detail=f"No progress record for expert '{expert_id}'")
+    return EventStreamResponse(
+        _expert_stream(broadcaster, sub, encode_record(record)), cleanup=lambda: broadcaster.unsubscribe(sub)
+    )
