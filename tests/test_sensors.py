@@ -15,6 +15,7 @@ from expert_pipeline.core.settings import Settings
 from expert_pipeline.code_location import build_definitions
 from expert_pipeline.parts import build_resources
 from expert_pipeline.partitions import experts
+from expert_pipeline.dead_runs import REQUEUE_MESSAGE, dead_run_sensor
 from expert_pipeline.sensors import ingest_cancelled_sensor, ingest_failure_sensor, pending_experts_sensor
 from tests.pipeline_helpers import create_expert
 
@@ -43,6 +44,7 @@ def test_definitions_load(settings: Settings) -> None:
     assert defs.resolve_job_def("ingest_expert").partitions_def == experts
     assert {s.name for s in defs.sensors or []} == {
         "pending_experts_sensor", "ingest_failure_sensor", "ingest_cancelled_sensor", "webhook_delivery_sensor",
+        "dead_run_sensor",
     }
     assert [s.name for s in defs.schedules or []] == ["cleanup_job_schedule"]
 
@@ -124,3 +126,50 @@ def test_cancelled_run_marks_expert_cancelled(
     ingest_cancelled_sensor(context)
     status, message = _progress(settings, expert_id)
     assert status == "cancelled" and message is not None and run.run_id in message
+
+
+def test_dead_run_worker_is_failed_then_requeued_once(
+    settings: Settings, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from expert_pipeline.core.models import ExpertProcessingProgress, utcnow
+
+    settings = settings.model_copy(update={"dead_run_after_seconds": 30})
+    expert_id = create_expert(settings, [_txt(tmp_path, "a.txt")])
+    job = build_definitions(settings).resolve_job_def("ingest_expert")
+    engine = engine_for(settings.resolved_database_url)
+
+    def worker_dies() -> dg.DagsterRun:
+        run = instance.create_run_for_job(job, tags={"dagster/partition": expert_id})
+        with Session(engine) as session:
+            ExpertProcessingProgressService(session).start_run(expert_id, run_id=run.run_id)
+            session.execute(  # the worker was killed: no heartbeat since
+                update(ExpertProcessingProgress)
+                .where(ExpertProcessingProgress.expert_id == expert_id)
+                .values(heartbeat_at=utcnow() - timedelta(seconds=31), updated_at=utcnow() - timedelta(seconds=31))
+            )
+            session.commit()
+        return run
+
+    def tick() -> str:
+        context = dg.build_sensor_context(instance=instance, resources=build_resources(settings))
+        return str(dead_run_sensor(context).skip_message)
+
+    first = worker_dies()
+    assert tick() == "1 dead run(s) handled"
+    assert instance.get_run_by_id(first.run_id).status == dg.DagsterRunStatus.FAILURE  # type: ignore[union-attr]
+    status, _ = _progress(settings, expert_id)
+    assert status == "pending"  # re-queued: the pending sensor starts a fresh run
+    with Session(engine) as session:
+        messages = [e.message for e in ExpertProcessingProgressService(session).list_events(expert_id)]
+    assert any(m.startswith("Processing failed: The run worker stopped responding") for m in messages)
+    assert messages[-1] == REQUEUE_MESSAGE
+
+    worker_dies()  # the second run dies too: no endless loop, the expert fails with the reason
+    assert tick() == "1 dead run(s) handled"
+    status, message = _progress(settings, expert_id)
+    assert status == "failed" and "no heartbeat for 30 s" in (message or "")
+    assert tick() == "no dead runs"

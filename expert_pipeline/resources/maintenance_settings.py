@@ -2,7 +2,9 @@ import dagster as dg
 
 
 class MaintenanceSettings(dg.ConfigurableResource):
-    """Retention of finished progress records; built from the product's settings object."""
+    """Retention and dead-run handling; built from the product's settings object."""
 
     completed_retention_days: float = 30.0
     failed_retention_days: float = 90.0
+    dead_run_after_seconds: float = 180.0
+    max_automatic_requeues: int = 1
