@@ -1,6 +1,9 @@
 """Runs whose worker died (kill -9, lost machine) never report anything again: Dagster's local
 run launcher cannot check a worker's health, so the run would stay "started" forever. The
-heartbeat the progress reporter writes every few seconds tells us instead."""
+heartbeat the progress reporter writes every few seconds tells us instead.
+
+The sensor marks such a run failed; Dagster's run retries (`run_retries` in dagster.yaml, all
+steps) then start it again once, and the embedding cache makes that second run cheap."""
 
 from datetime import timedelta
 
@@ -8,18 +11,17 @@ import dagster as dg
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from expert_pipeline.core.models import ExpertProcessingProgress, ProgressEvent, Status, utcnow
+from expert_pipeline.core.models import ExpertProcessingProgress, Status, utcnow
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.maintenance_settings import MaintenanceSettings
-
-REQUEUE_MESSAGE = "Re-queued automatically: the run worker stopped responding"
 
 
 @dg.sensor(
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Finds experts whose run worker died (no heartbeat), fails that run and re-queues the expert once.",
+    description="Finds experts whose run worker died (no heartbeat) and fails the run and the expert; "
+    "Dagster's run retries then run it again.",
 )
 def dead_run_sensor(
     context: dg.SensorEvaluationContext, catalog: ExpertCatalog, maintenance_settings: MaintenanceSettings
@@ -37,13 +39,6 @@ def dead_run_sensor(
             run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
             if run is not None and not run.is_finished:
                 context.instance.report_run_failed(run, reason)
-            service = ExpertProcessingProgressService(session)
-            service.mark_failed(record.expert_id, reason)
-            requeues = session.scalar(
-                select(func.count()).where(ProgressEvent.expert_id == record.expert_id, ProgressEvent.message == REQUEUE_MESSAGE)
-            )
-            if (requeues or 0) < maintenance_settings.max_automatic_requeues:
-                service.create_progress_record(expert_id=record.expert_id, agent_id=record.agent_id, total_files=record.total_files)
-                service.record_event(record.expert_id, REQUEUE_MESSAGE, {"dead_run_id": record.run_id})
+            ExpertProcessingProgressService(session).mark_failed(record.expert_id, reason)
             handled.append(record.expert_id)
     return dg.SkipReason(f"{len(handled)} dead run(s) handled" if handled else "no dead runs")

@@ -10,5 +10,8 @@ ingest_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("ingest"),
     partitions_def=experts,
     executor_def=dg.in_process_executor,
+    # A retried run (see run_retries in dagster.yaml) redoes every step: the stages hand data
+    # over through the run's work area, which a retry on another machine would not have.
+    tags={"dagster/retry_strategy": "ALL_STEPS"},
     description="Ingest one expert (one partition): fetch, extract, chunk, embed, store vectors.",
 )

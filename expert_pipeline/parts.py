@@ -137,6 +137,5 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             completed_retention_days=settings.completed_retention_days,
             failed_retention_days=settings.failed_retention_days,
             dead_run_after_seconds=settings.dead_run_after_seconds,
-            max_automatic_requeues=settings.max_automatic_requeues,
         ),
     }

@@ -15,7 +15,7 @@ from expert_pipeline.core.settings import Settings
 from expert_pipeline.code_location import build_definitions
 from expert_pipeline.parts import build_resources
 from expert_pipeline.partitions import experts
-from expert_pipeline.dead_runs import REQUEUE_MESSAGE, dead_run_sensor
+from expert_pipeline.dead_runs import dead_run_sensor
 from expert_pipeline.sensors import ingest_cancelled_sensor, ingest_failure_sensor, pending_experts_sensor
 from tests.pipeline_helpers import create_expert
 
@@ -128,7 +128,7 @@ def test_cancelled_run_marks_expert_cancelled(
     assert status == "cancelled" and message is not None and run.run_id in message
 
 
-def test_dead_run_worker_is_failed_then_requeued_once(
+def test_dead_run_worker_is_failed_and_its_retry_resumes(
     settings: Settings, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
     from datetime import timedelta
@@ -139,37 +139,37 @@ def test_dead_run_worker_is_failed_then_requeued_once(
 
     settings = settings.model_copy(update={"dead_run_after_seconds": 30})
     expert_id = create_expert(settings, [_txt(tmp_path, "a.txt")])
+    instance.add_dynamic_partitions(experts.name, [expert_id])
     job = build_definitions(settings).resolve_job_def("ingest_expert")
+    assert job.tags.get("dagster/retry_strategy") == "ALL_STEPS"
     engine = engine_for(settings.resolved_database_url)
 
-    def worker_dies() -> dg.DagsterRun:
-        run = instance.create_run_for_job(job, tags={"dagster/partition": expert_id})
-        with Session(engine) as session:
-            ExpertProcessingProgressService(session).start_run(expert_id, run_id=run.run_id)
-            session.execute(  # the worker was killed: no heartbeat since
-                update(ExpertProcessingProgress)
-                .where(ExpertProcessingProgress.expert_id == expert_id)
-                .values(heartbeat_at=utcnow() - timedelta(seconds=31), updated_at=utcnow() - timedelta(seconds=31))
-            )
-            session.commit()
-        return run
+    dead = instance.create_run_for_job(job, tags={"dagster/partition": expert_id})
+    with Session(engine) as session:
+        ExpertProcessingProgressService(session).start_run(expert_id, run_id=dead.run_id)
+        session.execute(  # the worker was killed: no heartbeat since
+            update(ExpertProcessingProgress)
+            .where(ExpertProcessingProgress.expert_id == expert_id)
+            .values(heartbeat_at=utcnow() - timedelta(seconds=31), updated_at=utcnow() - timedelta(seconds=31))
+        )
+        session.commit()
 
     def tick() -> str:
         context = dg.build_sensor_context(instance=instance, resources=build_resources(settings))
         return str(dead_run_sensor(context).skip_message)
 
-    first = worker_dies()
     assert tick() == "1 dead run(s) handled"
-    assert instance.get_run_by_id(first.run_id).status == dg.DagsterRunStatus.FAILURE  # type: ignore[union-attr]
-    status, _ = _progress(settings, expert_id)
-    assert status == "pending"  # re-queued: the pending sensor starts a fresh run
-    with Session(engine) as session:
-        messages = [e.message for e in ExpertProcessingProgressService(session).list_events(expert_id)]
-    assert any(m.startswith("Processing failed: The run worker stopped responding") for m in messages)
-    assert messages[-1] == REQUEUE_MESSAGE
-
-    worker_dies()  # the second run dies too: no endless loop, the expert fails with the reason
-    assert tick() == "1 dead run(s) handled"
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE  # type: ignore[union-attr]
     status, message = _progress(settings, expert_id)
     assert status == "failed" and "no heartbeat for 30 s" in (message or "")
     assert tick() == "no dead runs"
+
+    # Dagster's automatic retry of that run (tagged with its parent) picks the expert up again.
+    retry = job.execute_in_process(
+        partition_key=expert_id, instance=instance, tags={"dagster/parent_run_id": dead.run_id}
+    )
+    assert retry.success
+    assert _progress(settings, expert_id) == ("completed", None)
+    with Session(engine) as session:
+        messages = [e.message for e in ExpertProcessingProgressService(session).list_events(expert_id)]
+    assert "Processing restarted automatically after a failed run" in messages

@@ -58,10 +58,9 @@ class Settings(BaseSettings):
 
     # A run with no sign of life for this long is shown as stalled.
     stall_after_seconds: float = 60.0
-    # With no heartbeat for this long the run worker is taken for dead: its run is marked
-    # failed and the expert re-queued (at most this many times per expert), or failed.
+    # With no heartbeat for this long the run worker is taken for dead and its run failed
+    # (Dagster's run retries then start it once more).
     dead_run_after_seconds: float = 180.0
-    max_automatic_requeues: int = 1
 
     completed_retention_days: float = 30.0
     failed_retention_days: float = 90.0

@@ -7,4 +7,3 @@ class MaintenanceSettings(dg.ConfigurableResource):
     completed_retention_days: float = 30.0
     failed_retention_days: float = 90.0
     dead_run_after_seconds: float = 180.0
-    max_automatic_requeues: int = 1
