@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import Engine, create_engine, delete, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -25,6 +22,7 @@ from sqlalchemy.orm import Session
 from expert_pipeline.core.db import engine_for, migrate
 from expert_pipeline.core.models import Base
 from expert_pipeline.core.settings import Settings
+from tests.threaded_server import ThreadedServer
 
 REQUIRE_SERVICES = os.environ.get("EXPERT_PIPELINE_REQUIRE_SERVICES") == "1"
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -103,28 +101,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class LiveServer:
-    """A real uvicorn server on a real socket, in a background thread."""
+class LiveServer(ThreadedServer):
+    """The status API on a real socket, in a background thread."""
 
     def __init__(self, app: object) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("status API did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        super().__init__(app, name="status API")
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import socket
 import threading
 import time
 import uuid
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
+from tests.threaded_server import ThreadedServer
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -89,8 +88,7 @@ class OpenAIStandin:
     _in_flight: int = 0
     _failures: deque[tuple[int, float | None]] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: uvicorn.Server | None = None
-    _thread: threading.Thread | None = None
+    _http: ThreadedServer | None = None
     port: int = 0
 
     # ---- control -----------------------------------------------------------------------------
@@ -114,26 +112,13 @@ class OpenAIStandin:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> OpenAIStandin:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))  # bound here, so no other process can take the port first
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self._app(), log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="openai-standin", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the OpenAI stand-in did not start")
-            time.sleep(0.01)
+        self._http = ThreadedServer(self._app(), name="the OpenAI stand-in", lifespan="off").__enter__()
+        self.port = self._http.port
         return self
 
     def __exit__(self, *_: object) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        assert self._http is not None
+        self._http.__exit__()
 
     # ---- the HTTP side -----------------------------------------------------------------------
 

@@ -30,9 +30,7 @@ PineconeVectorStore pointed at it, api key "test-key").
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
@@ -41,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
+from tests.threaded_server import ThreadedServer
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -137,8 +135,7 @@ class PineconeStandin:
     namespaces: dict[str, dict[str, StoredVector]] = field(default_factory=dict)
     _failures: deque[tuple[int, float | None]] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: uvicorn.Server | None = None
-    _thread: threading.Thread | None = None
+    _http: ThreadedServer | None = None
     port: int = 0
 
     # ---- control -----------------------------------------------------------------------------
@@ -173,27 +170,13 @@ class PineconeStandin:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> PineconeStandin:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))  # bound here, so no other process can take the port first
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self._app(), log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="pinecone-standin", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the Pinecone stand-in did not start")
-            time.sleep(0.01)
+        self._http = ThreadedServer(self._app(), name="the Pinecone stand-in", lifespan="off").__enter__()
+        self.port = self._http.port
         return self
 
     def __exit__(self, *_: object) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        assert self._http is not None
+        self._http.__exit__()
 
     # ---- the HTTP side -----------------------------------------------------------------------
 
