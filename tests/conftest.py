@@ -122,3 +122,35 @@ def live_api(settings: Settings) -> Iterator[LiveServer]:
 def http(live_api: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=live_api.url, timeout=30) as client:
         yield client
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Settings]:
+    """The real Dagster daemon on embedded defaults (SQLite), as `make up` runs it."""
+    import signal
+    import subprocess
+    import sys
+
+    from expert_pipeline.launcher import REPO_ROOT, instance_config
+
+    home = tmp_path / "home"
+    settings = Settings(expert_pipeline_home=home)
+    settings.ensure_dirs()
+    settings.dagster_home.mkdir(parents=True)
+    (settings.dagster_home / "dagster.yaml").write_text(instance_config(use_postgres=False))
+    env = {**os.environ, "EXPERT_PIPELINE_HOME": str(home), "DAGSTER_HOME": str(settings.dagster_home)}
+    env.pop("DATABASE_URL", None)
+    log = open(tmp_path / "daemon.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        yield settings
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,33 +31,6 @@ FACT = "The lighthouse keeper Marisol Quenneville painted exactly 4,317 violet s
 QUESTION = "How many violet shutters did Marisol Quenneville paint?"
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Settings]:
-    """The real Dagster daemon on embedded defaults (SQLite), as `make up` runs it."""
-    home = tmp_path / "home"
-    settings = Settings(expert_pipeline_home=home)
-    settings.ensure_dirs()
-    dagster_home = settings.dagster_home
-    dagster_home.mkdir(parents=True)
-    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = {**os.environ, "EXPERT_PIPELINE_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
-    env.pop("DATABASE_URL", None)
-    log = open(tmp_path / "daemon.log", "wb")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        yield settings
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture

@@ -3,13 +3,7 @@ sensor starts the run, and the progress row reaches `completed` with no manual s
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,34 +14,7 @@ from status_api.main import create_app
 from tests.conftest import LiveServer
 from tests.fixture_documents import make_pdf, sample_paragraphs
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Settings]:
-    home = tmp_path / "home"
-    settings = Settings(expert_pipeline_home=home)
-    settings.ensure_dirs()
-    dagster_home = settings.dagster_home
-    dagster_home.mkdir(parents=True)
-    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = {**os.environ, "EXPERT_PIPELINE_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
-    env.pop("DATABASE_URL", None)
-    log = open(tmp_path / "daemon.log", "wb")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        yield settings
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def test_upload_is_ingested_by_the_sensor_without_a_manual_step(daemon: Settings, tmp_path: Path) -> None:
