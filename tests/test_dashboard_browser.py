@@ -7,7 +7,6 @@ Screenshots of the key moments go to test-artifacts/ at the repository root.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
