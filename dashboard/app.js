@@ -66,10 +66,89 @@ function formatBytes(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
+// -- sign-in: an API token, kept in localStorage ----------------------------------------------
+// Without any token in its database the API runs in local mode and needs none. Otherwise every
+// request carries `Authorization: Bearer <token>`; EventSource cannot send headers, so the
+// stream takes the token as `?access_token=`.
+
+const TOKEN_KEY = "expert-pipeline.api-token";
+
+function getToken() {
+  try {
+    return localStorage.getItem(TOKEN_KEY) || "";
+  } catch {
+    return "";
+  }
+}
+
+function setToken(token) {
+  try {
+    if (token) localStorage.setItem(TOKEN_KEY, token);
+    else localStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // storage unavailable: the token lasts for this page only
+  }
+}
+
+function withAuth(headers = {}) {
+  const token = getToken();
+  return token ? { ...headers, Authorization: `Bearer ${token}` } : headers;
+}
+
+function streamUrl(path) {
+  const token = getToken();
+  return token ? `${path}?access_token=${encodeURIComponent(token)}` : path;
+}
+
+function showSignIn(message) {
+  const form = $("#sign-in");
+  if (!form) return;
+  form.hidden = false;
+  const error = $("#sign-in-error");
+  error.textContent = message || "Sign in with your API token.";
+  error.hidden = false;
+  if (state.stream) {
+    state.stream.close();
+    state.stream = null;
+  }
+  clearTimeout(state.streamRetry);
+  stopPolling();
+  setLiveState("polling", "Signed out — sign in to see your experts");
+}
+
+function setUpSignIn() {
+  const form = $("#sign-in");
+  if (!form) return;
+  $("#sign-out").hidden = !getToken();
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const input = $("#api-token");
+    const token = input.value.trim();
+    if (!token) {
+      input.focus();
+      return;
+    }
+    setToken(token);
+    input.value = "";
+    form.hidden = true;
+    $("#sign-in-error").hidden = true;
+    $("#sign-out").hidden = false;
+    await loadExperts();
+    if (form.hidden) connectStream();
+  });
+  $("#sign-out").addEventListener("click", () => {
+    setToken("");
+    $("#sign-out").hidden = true;
+    state.experts.clear();
+    renderList();
+    showSignIn("Signed out.");
+  });
+}
+
 async function api(path, options = {}) {
   let response;
   try {
-    response = await fetch(path, { headers: { Accept: "application/json" }, ...options });
+    response = await fetch(path, { ...options, headers: withAuth(options.headers ?? { Accept: "application/json" }) });
   } catch {
     throw new Error("Could not reach the server. Check your connection and try again.");
   }
@@ -82,6 +161,7 @@ async function api(path, options = {}) {
   if (!response.ok) {
     const error = new Error(body?.error || `The server answered ${response.status} ${response.statusText}`);
     error.status = response.status;
+    if (response.status === 401) showSignIn(error.message);
     throw error;
   }
   return body;
@@ -351,7 +431,7 @@ function connectStream() {
     startPolling();
     return;
   }
-  const stream = new EventSource(`${API}/progress/stream`);
+  const stream = new EventSource(streamUrl(`${API}/progress/stream`));
   state.stream = stream;
   stream.addEventListener("open", () => {
     state.streamBackoff = 1000;
@@ -445,6 +525,8 @@ function upload(form) {
     xhr.open("POST", API);
     xhr.responseType = "json";
     xhr.setRequestHeader("Accept", "application/json");
+    const token = getToken();
+    if (token) xhr.setRequestHeader("Authorization", `Bearer ${token}`);
     const bar = $("#upload-progress");
     const label = $("#upload-label");
     xhr.upload.addEventListener("progress", (event) => {
@@ -461,7 +543,10 @@ function upload(form) {
     xhr.addEventListener("load", () => {
       const body = xhr.response;
       if (xhr.status >= 200 && xhr.status < 300 && body?.success) resolve(body);
-      else reject(new Error(body?.error || `The server answered ${xhr.status}${xhr.statusText ? ` ${xhr.statusText}` : ""}`));
+      else if (xhr.status === 401) {
+        showSignIn(body?.error);
+        reject(new Error(body?.error || "Sign in with your API token first."));
+      } else reject(new Error(body?.error || `The server answered ${xhr.status}${xhr.statusText ? ` ${xhr.statusText}` : ""}`));
     });
     xhr.addEventListener("error", () => reject(new Error("The upload failed: could not reach the server.")));
     xhr.addEventListener("abort", () => reject(new Error("The upload was cancelled.")));
@@ -659,10 +744,11 @@ function setUpChat() {
 // -- start -----------------------------------------------------------------------------------
 
 async function start() {
+  setUpSignIn();
   setUpCreateForm();
   setUpChat();
   await loadExperts();
-  connectStream();
+  if ($("#sign-in")?.hidden !== false) connectStream();
 }
 
 start();

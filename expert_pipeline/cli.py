@@ -31,6 +31,49 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return ingest_files(name=args.name, paths=args.files, agent_id=args.agent_id)
 
 
+def _tokens_session():  # type: ignore[no-untyped-def]
+    from sqlalchemy.orm import Session
+
+    from expert_pipeline.core.db import engine_for
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    migrate(settings.resolved_database_url)
+    return Session(engine_for(settings.resolved_database_url), expire_on_commit=False)
+
+
+def _cmd_tokens_create(args: argparse.Namespace) -> int:
+    from expert_pipeline.core.auth import create_token
+
+    owner = (args.owner or "").strip()
+    if not owner:
+        print("--owner must not be empty", file=sys.stderr)
+        return 2
+    with _tokens_session() as db:
+        token = create_token(db, owner, operator=args.operator)
+    kind = "operator token" if args.operator else "token"
+    print(f"API {kind} for {owner}:")
+    print(token)
+    print("Store it now: it will not be shown again (only its hash is kept).")
+    return 0
+
+
+def _cmd_tokens_list(_: argparse.Namespace) -> int:
+    from expert_pipeline.core.auth import list_tokens
+
+    with _tokens_session() as db:
+        rows = list_tokens(db)
+    if not rows:
+        print("no API tokens: the status API runs in local mode (this machine only)")
+        return 0
+    print(f"{'OWNER':24s} {'OPERATOR':8s} {'CREATED':25s} LAST USED")
+    for row in rows:
+        last = row.last_used_at.isoformat(timespec="seconds") if row.last_used_at else "never"
+        created = row.created_at.isoformat(timespec="seconds")
+        print(f"{row.owner:24s} {'yes' if row.operator else 'no':8s} {created:25s} {last}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="expert-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--agent-id", default=None)
     ingest.add_argument("files", nargs="+")
     ingest.set_defaults(func=_cmd_ingest)
+    tokens = sub.add_parser("tokens", help="manage status API tokens")
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = tokens_sub.add_parser("create", help="create a token (printed once)")
+    create.add_argument("--owner", required=True, help="who the token belongs to; their experts are theirs")
+    create.add_argument("--operator", action="store_true", help="the token sees and acts on every expert")
+    create.set_defaults(func=_cmd_tokens_create)
+    tokens_sub.add_parser("list", help="list tokens (never the tokens themselves)").set_defaults(func=_cmd_tokens_list)
     return parser
 
 

@@ -15,21 +15,46 @@ from expert_pipeline.core.settings import get_settings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+LOCAL_HOST = "127.0.0.1"
+
+
+def api_host(configured: str, database_url: str) -> str:
+    """Where the status API listens: without any API token the API is open (local mode), so it
+    is bound to this machine whatever STATUS_API_HOST says."""
+    from sqlalchemy.orm import Session
+
+    from expert_pipeline.core.auth import any_tokens
+    from expert_pipeline.core.db import engine_for
+
+    with Session(engine_for(database_url)) as session:
+        tokens = any_tokens(session)
+    if tokens or configured == LOCAL_HOST:
+        return configured
+    print(
+        f"no API tokens: local mode, open to this machine only; binding the status API to {LOCAL_HOST} "
+        f"instead of STATUS_API_HOST={configured}. Create a token first "
+        "(expert-pipeline tokens create --owner NAME) to serve other machines.",
+        flush=True,
+    )
+    return LOCAL_HOST
+
+
 def run_servers(api_only: bool = False) -> int:
     settings = get_settings()
     settings.ensure_dirs()
     migrate(settings.resolved_database_url)
+    host = api_host(settings.status_api_host, settings.resolved_database_url)
     env = {**os.environ, "EXPERT_PIPELINE_HOME": str(settings.expert_pipeline_home)}
     bin_dir = Path(sys.executable).parent
     commands: dict[str, list[str]] = {
         "status API": [
             str(bin_dir / "uvicorn"), "status_api.main:create_app", "--factory",
-            "--host", settings.status_api_host, "--port", str(settings.status_api_port),
+            "--host", host, "--port", str(settings.status_api_port),
             # Open live streams (SSE) would otherwise hold a shutdown for the full kill delay.
             "--timeout-graceful-shutdown", "3",
         ],
     }
-    urls = {"status API": f"http://{settings.status_api_host}:{settings.status_api_port}/docs"}
+    urls = {"status API": f"http://{host}:{settings.status_api_port}/docs"}
     if not api_only:
         dagster_home = settings.dagster_home
         dagster_home.mkdir(parents=True, exist_ok=True)
@@ -42,7 +67,7 @@ def run_servers(api_only: bool = False) -> int:
         ]
         commands["Dagster daemon"] = [str(bin_dir / "dagster-daemon"), "run", "-w", workspace]
         urls["Dagster UI"] = f"http://127.0.0.1:{settings.dagster_webserver_port}"
-        urls["dashboard"] = f"http://{settings.status_api_host}:{settings.status_api_port}/dashboard"
+        urls["dashboard"] = f"http://{host}:{settings.status_api_port}/dashboard"
 
     # `kill` and service managers send SIGTERM; stop the children then too, not only on Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

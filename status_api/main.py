@@ -8,6 +8,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from expert_pipeline.core.auth import any_tokens
 from expert_pipeline.core.db import engine_for, migrate
 from expert_pipeline.core.settings import Settings, get_settings
 from expert_pipeline.parts import build_chat_provider, check_parts, log_parts
@@ -20,6 +24,20 @@ from status_api.progress_broadcaster import ProgressBroadcaster
 log = logging.getLogger("status_api")
 
 
+LOCAL_MODE_MESSAGE = "no API tokens: local mode, open to this machine only"
+
+
+def log_auth_mode(engine: Engine, logger: logging.Logger) -> bool:
+    """Say whether the API needs tokens; True when it does."""
+    with Session(engine) as session:
+        tokens = any_tokens(session)
+    if tokens:
+        logger.info("API tokens exist: every /api/* request needs 'Authorization: Bearer <token>'")
+    else:
+        logger.warning("%s (create one with `expert-pipeline tokens create --owner NAME`)", LOCAL_MODE_MESSAGE)
+    return tokens
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -29,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         check_parts(settings)
         log_parts(settings, log)
         migrate(settings.resolved_database_url)
+        log_auth_mode(app.state.engine, log)
         yield
         await app.state.progress_broadcaster.aclose()
 

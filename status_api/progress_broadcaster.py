@@ -45,9 +45,11 @@ from typing import Any
 from sqlalchemy import Engine, Select, or_, select
 from sqlalchemy.orm import Session
 
+from expert_pipeline.core.auth import Principal
 from expert_pipeline.core.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
+    Expert,
     ExpertProcessingProgress,
     Status,
     utcnow,
@@ -76,6 +78,8 @@ class ProgressChange:
     status: str
     started_at: datetime
     frame: bytes
+    # The expert's owner (None: no owner, or no expert row), for per-subscriber filtering.
+    owner: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -87,24 +91,31 @@ def sse_frame(event: str, data: str) -> bytes:
     return f"event: {event}\n{lines}\n".encode()
 
 
-def encode_record(record: ProgressRecord) -> ProgressChange:
+def encode_record(record: ProgressRecord, owner: str | None = None) -> ProgressChange:
     return ProgressChange(
         expert_id=record.expert_id,
         updated_at=record.updated_at,
         status=record.status,
         started_at=record.started_at,
         frame=sse_frame("progress", record.model_dump_json()),
+        owner=owner,
     )
 
 
 @dataclass(eq=False)
 class Subscription:
-    """A listener: all changes (`expert_id is None`) or one expert's."""
+    """A listener: all changes (`expert_id is None`) or one expert's. An "all" listener with a
+    `viewer` only receives the experts that viewer may see (`Principal.sees` on the owner
+    carried by each change, read with the tick's one query)."""
 
     expert_id: str | None
     queue: asyncio.Queue[ProgressChange]
     lagged: bool = False
     dropped: int = 0
+    viewer: Principal | None = None
+
+    def wants(self, change: ProgressChange) -> bool:
+        return self.viewer is None or self.viewer.sees(change.owner)
 
     def offer(self, change: ProgressChange) -> bool:
         """Queue without waiting; drop the oldest frame when full. True if one was dropped."""
@@ -199,9 +210,10 @@ class ProgressBroadcaster:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def subscribe(self, expert_id: str | None = None) -> Subscription:
-        """Register a listener and make sure the poller runs. Call on the event loop."""
-        sub = Subscription(expert_id=expert_id, queue=asyncio.Queue(maxsize=self.queue_size))
+    def subscribe(self, expert_id: str | None = None, viewer: Principal | None = None) -> Subscription:
+        """Register a listener and make sure the poller runs. Call on the event loop.
+        `viewer` limits an "all" listener to the experts that principal may see."""
+        sub = Subscription(expert_id=expert_id, queue=asyncio.Queue(maxsize=self.queue_size), viewer=viewer)
         if expert_id is None:
             self._all.add(sub)
         else:
@@ -223,14 +235,15 @@ class ProgressBroadcaster:
         if not self.subscriber_count and self._wake is not None:
             self._wake.set()  # let the poller notice at once and stop
 
-    async def snapshot(self, timeout: float = 10.0) -> list[ProgressChange]:
-        """The newest state of every active expert (waits for the poller's first read)."""
+    async def snapshot(self, timeout: float = 10.0, viewer: Principal | None = None) -> list[ProgressChange]:
+        """The newest state of every active expert the viewer may see (waits for the poller's
+        first read)."""
         self._ensure_running()
         assert self._seeded is not None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._seeded.wait()
-        return list(self._active.values())
+        return [c for c in self._active.values() if viewer is None or viewer.sees(c.owner)]
 
     def latest(self, expert_id: str) -> ProgressChange | None:
         return self._active.get(expert_id)
@@ -338,7 +351,13 @@ class ProgressBroadcaster:
             conditions.append(table.c.expert_id.in_(ids))
         if seeding:
             conditions.append(table.c.status.in_(sorted(ACTIVE)))
-        return select(table).where(or_(*conditions)).order_by(table.c.updated_at)
+        experts = Expert.__table__
+        return (
+            select(table, experts.c.owner.label("expert_owner"))
+            .select_from(table.outerjoin(experts, experts.c.id == table.c.expert_id))
+            .where(or_(*conditions))
+            .order_by(table.c.updated_at)
+        )
 
     def _read(
         self, since: datetime, ids: list[str], seeding: bool, pending: dict[str, datetime]
@@ -356,7 +375,10 @@ class ProgressBroadcaster:
         order = sorted(pending.items(), key=lambda item: (item[1], item[0]))
         queue = {expert_id: position for position, (expert_id, _) in enumerate(order, 1)}
         now = utcnow()
-        return [encode_record(present(row, self.settings, queue, now)) for row in rows]  # type: ignore[arg-type]
+        return [
+            encode_record(present(row, self.settings, queue, now), owner=row.expert_owner)  # type: ignore[arg-type]
+            for row in rows
+        ]
 
     def _publish(self, changes: Iterable[ProgressChange], *, to_all: bool = True) -> None:
         """Fan out on the event loop: cache update and queueing happen without an await."""
@@ -371,6 +393,8 @@ class ProgressBroadcaster:
                 self._active.pop(change.expert_id, None)
             self.stats.changes += 1
             for sub in (*(self._all if to_all else ()), *self._by_expert.get(change.expert_id, ())):
+                if not sub.wants(change):
+                    continue
                 if sub.offer(change):
                     self.stats.frames_dropped += 1
                 self.stats.frames_queued += 1

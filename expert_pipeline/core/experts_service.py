@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -149,9 +149,10 @@ def create_expert(
     limits: UploadLimits,
     agent_id: str | None = None,
     queued: bool = True,
+    owner: str | None = None,
 ) -> tuple[Expert, ExpertProcessingProgress]:
     name = validate_request(name, uploads, limits)
-    expert = Expert(id=str(uuid.uuid4()), name=name, agent_id=agent_id)
+    expert = Expert(id=str(uuid.uuid4()), name=name, agent_id=agent_id, owner=owner)
     try:
         rows = _store_files(storage, expert.id, uploads, limits)
         db.add(expert)
@@ -188,8 +189,12 @@ def get_expert(db: Session, expert_id: str) -> Expert | None:
     return db.get(Expert, expert_id)
 
 
-def list_experts(db: Session) -> list[Expert]:
-    return list(db.scalars(select(Expert).order_by(Expert.created_at.desc(), Expert.id)))
+def list_experts(db: Session, expert_ids: Any = None) -> list[Expert]:
+    """Every expert, newest first; `expert_ids` (ids or a subquery of ids) narrows them."""
+    query = select(Expert)
+    if expert_ids is not None:
+        query = query.where(Expert.id.in_(expert_ids))
+    return list(db.scalars(query.order_by(Expert.created_at.desc(), Expert.id)))
 
 
 def files_of(db: Session, expert_ids: Sequence[str]) -> dict[str, list[ExpertFile]]:

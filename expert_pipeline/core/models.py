@@ -82,6 +82,21 @@ class Expert(Base):
     name: Mapped[str] = mapped_column(String(200))
     agent_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Who created it (the API token's owner); None for experts made in local mode or the CLI.
+    owner: Mapped[str | None] = mapped_column(String(200), index=True)
+
+
+class ApiToken(Base):
+    """A bearer token for the status API, stored only as the SHA-256 of the plaintext."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    operator: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
 
 
 class ExpertFile(Base):

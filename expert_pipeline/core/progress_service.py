@@ -97,13 +97,15 @@ class ExpertProcessingProgressService:
             select(ExpertProcessingProgress).where(ExpertProcessingProgress.expert_id == expert_id)
         )
 
-    def get_active_progress(self) -> list[ExpertProcessingProgress]:
+    def get_active_progress(self, expert_ids: Any = None) -> list[ExpertProcessingProgress]:
+        """Active records, oldest first; `expert_ids` (ids or a subquery of ids) narrows them."""
+        query = select(ExpertProcessingProgress).where(
+            ExpertProcessingProgress.status.in_([s.value for s in ACTIVE_STATUSES])
+        )
+        if expert_ids is not None:
+            query = query.where(ExpertProcessingProgress.expert_id.in_(expert_ids))
         return list(
-            self.db.scalars(
-                select(ExpertProcessingProgress)
-                .where(ExpertProcessingProgress.status.in_([s.value for s in ACTIVE_STATUSES]))
-                .order_by(ExpertProcessingProgress.started_at, ExpertProcessingProgress.expert_id)
-            )
+            self.db.scalars(query.order_by(ExpertProcessingProgress.started_at, ExpertProcessingProgress.expert_id))
         )
 
     def list_events(

@@ -39,10 +39,16 @@ def stage_durations(events: list[ProgressEvent]) -> dict[str, float]:
     }
 
 
-def ingest_stats(db: Session, since: datetime) -> dict[str, Any]:
+def ingest_stats(db: Session, since: datetime, expert_ids: Any = None) -> dict[str, Any]:
+    """`expert_ids` (ids or a subquery of ids) narrows the statistics to those experts."""
     P = ExpertProcessingProgress
-    counts = dict(db.execute(select(P.status, func.count()).where(P.started_at >= since).group_by(P.status)).all())
-    records = list(db.scalars(select(P).where(P.started_at >= since)))
+    scope = [P.started_at >= since]
+    file_scope = [ExpertFile.status == FileStatus.FAILED, ExpertFile.created_at >= since]
+    if expert_ids is not None:
+        scope.append(P.expert_id.in_(expert_ids))
+        file_scope.append(ExpertFile.expert_id.in_(expert_ids))
+    counts = dict(db.execute(select(P.status, func.count()).where(*scope).group_by(P.status)).all())
+    records = list(db.scalars(select(P).where(*scope)))
     finished_ids = [r.expert_id for r in records if r.status == Status.COMPLETED]
     per_stage: dict[str, list[float]] = defaultdict(list)
     if finished_ids:
@@ -62,7 +68,7 @@ def ingest_stats(db: Session, since: datetime) -> dict[str, Any]:
     reasons = Counter(
         kind or "unknown"
         for kind in db.scalars(
-            select(ExpertFile.error_kind).where(ExpertFile.status == FileStatus.FAILED, ExpertFile.created_at >= since)
+            select(ExpertFile.error_kind).where(*file_scope)
         )
     )
     return {

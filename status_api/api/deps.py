@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Protocol
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from expert_pipeline.core import auth
+from expert_pipeline.core.auth import LOCAL_PRINCIPAL, Principal
 from expert_pipeline.core.experts_service import ExpertFileStorage
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
@@ -72,3 +74,66 @@ def get_vector_store(request: Request) -> VectorStoreLike:
 
 FileStorageDep = Annotated[ExpertFileStorage, Depends(get_file_storage)]
 VectorStoreDep = Annotated[VectorStoreLike, Depends(get_vector_store)]
+
+
+# -- authentication ----------------------------------------------------------------------------
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=message, headers={"WWW-Authenticate": "Bearer"})
+
+
+MALFORMED = ""  # an Authorization header that is not "Bearer <token>"
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return MALFORMED
+    return token.strip()
+
+
+def _principal(request: Request, token: str | None) -> Principal:
+    """Local mode (no token in the database) lets everyone in as an operator; otherwise the
+    token must be known. The session is opened and closed here, so a long stream does not keep
+    a connection checked out."""
+    with Session(get_engine(request), expire_on_commit=False) as session:
+        if token is None:
+            if not auth.any_tokens(session):
+                return LOCAL_PRINCIPAL
+            raise _unauthorized("Sign in: this API needs an API token (Authorization: Bearer <token>).")
+        principal = auth.authenticate(session, token) if token else None
+        if principal is not None:
+            return principal
+        if not auth.any_tokens(session):
+            return LOCAL_PRINCIPAL  # local mode: a stale token in the browser is not an error
+        if token == MALFORMED:
+            raise _unauthorized("The Authorization header must be 'Bearer <token>'.")
+        raise _unauthorized("The API token is not valid.")
+
+
+def get_principal(request: Request) -> Principal:
+    """The caller, from `Authorization: Bearer <token>`."""
+    return _principal(request, _bearer(request))
+
+
+def get_stream_principal(request: Request) -> Principal:
+    """As `get_principal`, but EventSource cannot send headers: `?access_token=` is accepted too."""
+    token = _bearer(request)
+    if token is None:
+        token = request.query_params.get("access_token") or None
+    return _principal(request, token)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+StreamPrincipal = Annotated[Principal, Depends(get_stream_principal)]
+
+
+def require_visible(db: Session, principal: Principal, expert_id: str, not_found: str) -> None:
+    """404 with the route's usual "not found" message when the caller may not see the expert:
+    exactly what a missing expert answers, so nothing tells that it exists."""
+    if not auth.can_see(db, principal, expert_id):
+        raise HTTPException(status_code=404, detail=not_found)

@@ -18,8 +18,12 @@ from expert_pipeline.core.progress_service import InvalidProgressUpdate, Progres
 log = logging.getLogger(__name__)
 
 
-def error_response(status_code: int, message: str, **extra: object) -> JSONResponse:
-    return JSONResponse(status_code=status_code, content={"success": False, "error": message, **extra})
+def error_response(
+    status_code: int, message: str, headers: dict[str, str] | None = None, **extra: object
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status_code, content={"success": False, "error": message, **extra}, headers=headers
+    )
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -34,7 +38,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return error_response(exc.status_code, message)
+        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

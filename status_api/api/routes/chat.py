@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import math
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from expert_pipeline.chat import extractive
 from expert_pipeline.core import experts_service
 from expert_pipeline.core.models import ExpertProcessingProgress, Stage, Status
-from status_api.api.deps import ExpertId, ProgressServiceDep, SessionDep, _part
+from status_api.api.deps import CurrentPrincipal, ExpertId, ProgressServiceDep, SessionDep, _part, get_principal
 from status_api.schemas import ChatRequest, ChatResponse, ChatSource, ErrorResponse
 
-router = APIRouter(prefix="/api/experts", tags=["chat"])
+router = APIRouter(prefix="/api/experts", tags=["chat"], dependencies=[Depends(get_principal)])
 
 TOP_K = 4
 
@@ -74,11 +74,12 @@ def not_ready_message(name: str, record: ExpertProcessingProgress | None) -> str
     },
 )
 def chat(
-    expert_id: ExpertId, body: ChatRequest, request: Request, db: SessionDep, service: ProgressServiceDep
+    expert_id: ExpertId, body: ChatRequest, request: Request, db: SessionDep, service: ProgressServiceDep,
+    principal: CurrentPrincipal,
 ) -> ChatResponse:
     """Ask the expert a question; the answer quotes its documents with numbered sources."""
     expert = experts_service.get_expert(db, expert_id)
-    if expert is None:
+    if expert is None or not principal.sees(expert.owner):
         raise HTTPException(status_code=404, detail=f"No expert '{expert_id}'")
     record = service.get_progress(expert_id)
     if record is None or record.status != Status.COMPLETED:

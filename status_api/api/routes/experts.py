@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, status
 
 from expert_pipeline.core import experts_service
 from expert_pipeline.core.experts_service import Upload, UploadLimits, UploadRejected
@@ -14,13 +14,17 @@ from expert_pipeline.core.progress_service import ExpertProcessingProgressServic
 from expert_pipeline.core.settings import Settings
 from expert_pipeline.text.extraction import SUPPORTED_EXTENSIONS
 from status_api.api.deps import (
+    CurrentPrincipal,
     ExpertId,
     FileStorageDep,
     ProgressServiceDep,
     SessionDep,
     SettingsDep,
     VectorStoreDep,
+    get_principal,
+    require_visible,
 )
+from expert_pipeline.core.auth import Principal, visible_expert_ids
 from status_api.schemas import (
     ErrorResponse,
     ExpertCreatedResponse,
@@ -34,7 +38,7 @@ from status_api.schemas import (
 from status_api.progress_view import present_many
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/experts", tags=["experts"])
+router = APIRouter(prefix="/api/experts", tags=["experts"], dependencies=[Depends(get_principal)])
 
 REJECTIONS = {
     400: {"model": ErrorResponse, "description": "Missing name or files"},
@@ -75,6 +79,7 @@ def create_expert(
     service: ProgressServiceDep,
     settings: SettingsDep,
     storage: FileStorageDep,
+    principal: CurrentPrincipal,
     name: Annotated[str, Form(description="The expert's name", max_length=200)],
     files: Annotated[list[UploadFile], File(description="One or more documents")],
     agent_id: Annotated[str | None, Form(max_length=128)] = None,
@@ -83,7 +88,8 @@ def create_expert(
     uploads = [Upload(filename=f.filename or "", stream=f.file) for f in files]
     try:
         expert, progress = experts_service.create_expert(
-            db, storage, name=name, uploads=uploads, limits=_limits(settings), agent_id=agent_id or None
+            db, storage, name=name, uploads=uploads, limits=_limits(settings), agent_id=agent_id or None,
+            owner=principal.owner,
         )
     except UploadRejected as exc:
         raise HTTPException(status_code=exc.status_code, detail=str(exc)) from exc
@@ -94,24 +100,29 @@ def create_expert(
 
 
 @router.get("", response_model=ExpertListResponse)
-def list_experts(db: SessionDep, service: ProgressServiceDep, settings: SettingsDep) -> ExpertListResponse:
-    """Every expert with its files and progress, newest first."""
-    experts = experts_service.list_experts(db)
+def list_experts(
+    db: SessionDep, service: ProgressServiceDep, settings: SettingsDep, principal: CurrentPrincipal
+) -> ExpertListResponse:
+    """Every expert the caller may see, with its files and progress, newest first."""
+    experts = experts_service.list_experts(db, visible_expert_ids(principal))
     files = experts_service.files_of(db, [e.id for e in experts])
     items = [_with_progress(e, files[e.id], service.get_progress(e.id), settings, service) for e in experts]
     return ExpertListResponse(count=len(items), experts=items)
 
 
-def _require_expert(db: SessionDep, expert_id: str) -> Expert:
+def _require_expert(db: SessionDep, expert_id: str, principal: Principal) -> Expert:
+    """The expert, or 404 when it is missing or not the caller's (the same answer)."""
     expert = experts_service.get_expert(db, expert_id)
-    if expert is None:
+    if expert is None or not principal.sees(expert.owner):
         raise HTTPException(status_code=404, detail=f"No expert '{expert_id}'")
     return expert
 
 
 @router.get("/{expert_id}", response_model=ExpertResponse, responses=NOT_FOUND)
-def get_expert(expert_id: ExpertId, db: SessionDep, service: ProgressServiceDep, settings: SettingsDep) -> ExpertResponse:
-    expert = _require_expert(db, expert_id)
+def get_expert(
+    expert_id: ExpertId, db: SessionDep, service: ProgressServiceDep, settings: SettingsDep, principal: CurrentPrincipal
+) -> ExpertResponse:
+    expert = _require_expert(db, expert_id, principal)
     files = experts_service.files_of(db, [expert_id])[expert_id]
     return ExpertResponse(expert=_with_progress(expert, files, service.get_progress(expert_id), settings, service))
 
@@ -120,8 +131,11 @@ BUSY = {409: {"model": ErrorResponse, "description": "The expert is being proces
 
 
 @router.post("/{expert_id}/cancel", response_model=ProgressResponse, responses={**NOT_FOUND, **BUSY})
-def cancel_expert(expert_id: ExpertId, service: ProgressServiceDep, settings: SettingsDep) -> ProgressResponse:
+def cancel_expert(
+    expert_id: ExpertId, service: ProgressServiceDep, settings: SettingsDep, principal: CurrentPrincipal
+) -> ProgressResponse:
     """Stop the expert's processing. The run stops at its next batch; the row says `cancelled`."""
+    require_visible(service.db, principal, expert_id, f"No progress record for expert '{expert_id}'")
     record = service.get_progress(expert_id)
     if record is None:
         raise HTTPException(status_code=404, detail=f"No progress record for expert '{expert_id}'")
@@ -142,11 +156,11 @@ def _requeue(db: SessionDep, service: ExpertProcessingProgressService, expert: E
 @router.post("/{expert_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=ProgressResponse,
              responses={**NOT_FOUND, **BUSY})
 def retry_expert(
-    expert_id: ExpertId, db: SessionDep, service: ProgressServiceDep, settings: SettingsDep
+    expert_id: ExpertId, db: SessionDep, service: ProgressServiceDep, settings: SettingsDep, principal: CurrentPrincipal
 ) -> ProgressResponse:
     """Queue the expert again: failed and unfinished files are processed; indexed files are kept,
     and chunks embedded before are taken from the embedding cache, not paid for again."""
-    record = _requeue(db, service, _require_expert(db, expert_id))
+    record = _requeue(db, service, _require_expert(db, expert_id, principal))
     return ProgressResponse(progress=present_many([record], settings, service)[0])
 
 
@@ -158,10 +172,11 @@ def add_files(
     service: ProgressServiceDep,
     settings: SettingsDep,
     storage: FileStorageDep,
+    principal: CurrentPrincipal,
     files: Annotated[list[UploadFile], File(description="One or more documents to add")],
 ) -> ExpertCreatedResponse:
     """Add documents to an expert; only the new ones are ingested."""
-    expert = _require_expert(db, expert_id)
+    expert = _require_expert(db, expert_id, principal)
     record = service.get_progress(expert_id)
     if record is not None and record.status in ACTIVE_STATUSES:
         raise HTTPException(status_code=409, detail=f"Expert '{expert_id}' is already {record.status}")
@@ -177,9 +192,11 @@ def add_files(
 
 @router.delete("/{expert_id}", response_model=SuccessResponse, responses=NOT_FOUND)
 def delete_expert(
-    expert_id: ExpertId, db: SessionDep, storage: FileStorageDep, vector_store: VectorStoreDep
+    expert_id: ExpertId, db: SessionDep, storage: FileStorageDep, vector_store: VectorStoreDep,
+    principal: CurrentPrincipal,
 ) -> SuccessResponse:
     """Remove the expert with its files, vectors, progress and history."""
+    _require_expert(db, expert_id, principal)
     if not experts_service.delete_expert_rows(db, expert_id):
         raise HTTPException(status_code=404, detail=f"No expert '{expert_id}'")
     # The rows are gone first so nothing can reach the expert; stored data follows. If this

@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
@@ -26,7 +26,9 @@ from starlette.types import Receive, Scope, Send
 from sqlalchemy.orm import Session
 
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
-from status_api.api.deps import ExpertId, get_engine
+from expert_pipeline.core import auth
+from expert_pipeline.core.auth import Principal
+from status_api.api.deps import ExpertId, StreamPrincipal, get_engine, get_stream_principal
 from status_api.progress_broadcaster import (
     ProgressBroadcaster,
     ProgressChange,
@@ -37,7 +39,8 @@ from status_api.progress_broadcaster import (
 from status_api.progress_view import present_many
 from status_api.schemas import ProgressRecord
 
-router = APIRouter(prefix="/api/experts", tags=["progress stream"])
+# EventSource cannot send headers: these two routes also take the token as `?access_token=`.
+router = APIRouter(prefix="/api/experts", tags=["progress stream"], dependencies=[Depends(get_stream_principal)])
 
 RETRY_FRAME = b"retry: 3000\n\n"
 KEEPALIVE_FRAME = b": keepalive\n\n"
@@ -118,7 +121,7 @@ async def _expert_stream(
 
 async def _all_stream(broadcaster: ProgressBroadcaster, sub: Subscription) -> AsyncIterator[bytes]:
     yield RETRY_FRAME
-    snapshot = await broadcaster.snapshot()
+    snapshot = await broadcaster.snapshot(viewer=sub.viewer)
     versions = {c.expert_id: c.updated_at for c in snapshot}
     if snapshot:
         yield b"".join(c.frame for c in snapshot)
@@ -139,9 +142,12 @@ def _newer(change: ProgressChange, seen: Any) -> bool:
     return seen is None or change.updated_at > seen
 
 
-def _read_record(request: Request, expert_id: str) -> ProgressRecord | None:
-    """The record exactly as `GET /api/experts/{id}/progress` shows it."""
+def _read_record(request: Request, expert_id: str, principal: Principal) -> ProgressRecord | None:
+    """The record exactly as `GET /api/experts/{id}/progress` shows it (None when missing or
+    not the caller's)."""
     with Session(get_engine(request)) as session:
+        if not auth.can_see(session, principal, expert_id):
+            return None
         service = ExpertProcessingProgressService(session)
         record = service.get_progress(expert_id)
         if record is None:
@@ -155,11 +161,12 @@ def _read_record(request: Request, expert_id: str) -> ProgressRecord | None:
     responses=STREAM_DOC,
     summary="Live progress of every active expert (Server-Sent Events)",
 )
-async def stream_all_progress(request: Request) -> Any:
+async def stream_all_progress(request: Request, principal: StreamPrincipal) -> Any:
     """Each active expert's record at once, then every change (`event: progress`), with
-    keepalive comments every ~15 s. Never ends on its own."""
+    keepalive comments every ~15 s; only the caller's experts (operators: all). Never ends on
+    its own."""
     broadcaster = get_broadcaster(request.app)
-    sub = broadcaster.subscribe(None)
+    sub = broadcaster.subscribe(None, viewer=None if principal.operator else principal)
     return EventStreamResponse(_all_stream(broadcaster, sub), cleanup=lambda: broadcaster.unsubscribe(sub))
 
 
@@ -175,14 +182,14 @@ async def stream_all_progress(request: Request) -> Any:
     },
     summary="Live progress of one expert (Server-Sent Events)",
 )
-async def stream_expert_progress(expert_id: ExpertId, request: Request) -> Any:
+async def stream_expert_progress(expert_id: ExpertId, request: Request, principal: StreamPrincipal) -> Any:
     """The expert's record at once, then each change (`event: progress`); ends after the
     record reaches completed, failed or cancelled."""
     broadcaster = get_broadcaster(request.app)
     # Subscribe before reading, so a change between the read and the first frame is queued.
     sub = broadcaster.subscribe(expert_id)
     try:
-        record = await run_in_threadpool(_read_record, request, expert_id)
+        record = await run_in_threadpool(_read_record, request, expert_id, principal)
     except BaseException:
         broadcaster.unsubscribe(sub)
         raise
