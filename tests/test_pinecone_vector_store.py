@@ -26,6 +26,7 @@ from expert_pipeline.resources.pinecone_vector_store import (
     plan_upsert_batches,
 )
 from expert_pipeline.resources.vector_store import VectorRecord, VectorStore, vector_id
+from tests.vector_records import record, unit
 from tests.pinecone_standin import (  # noqa: F401 - fixtures
     API_KEY,
     DIMENSION,
@@ -36,23 +37,6 @@ from tests.pinecone_standin import (  # noqa: F401 - fixtures
 )
 
 UPSERT, QUERY, STATS, DELETE = "/vectors/upsert", "/query", "/describe_index_stats", "/vectors/delete"
-
-
-def unit(*components: float, dim: int = DIMENSION) -> list[float]:
-    values = list(components) + [0.0] * (dim - len(components))
-    norm = math.sqrt(sum(v * v for v in values))
-    return [v / norm for v in values]
-
-
-def record(expert: str, file: str, index: int, values: list[float], text: str = "") -> VectorRecord:
-    return VectorRecord(
-        id=vector_id(expert, file, index),
-        values=values,
-        metadata={
-            "expert_id": expert, "file_id": file, "filename": f"{file}.pdf", "page": index + 1,
-            "chunk_index": index, "text": text or f"chunk {index} of {file}",
-        },
-    )
 
 
 def many(expert: str, n: int, text: str = "") -> list[VectorRecord]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from tests.vector_records import record, unit
 
 from expert_pipeline.resources.vector_store import (
     LanceDBVectorStore,
@@ -16,24 +17,6 @@ from expert_pipeline.resources.vector_store import (
     vector_id,
 )
 
-DIM = 8
-
-
-def unit(*components: float) -> list[float]:
-    values = list(components) + [0.0] * (DIM - len(components))
-    norm = math.sqrt(sum(v * v for v in values))
-    return [v / norm for v in values]
-
-
-def record(expert: str, file: str, index: int, values: list[float], text: str = "") -> VectorRecord:
-    return VectorRecord(
-        id=vector_id(expert, file, index),
-        values=values,
-        metadata={
-            "expert_id": expert, "file_id": file, "filename": f"{file}.pdf", "page": index + 1,
-            "chunk_index": index, "text": text or f"chunk {index} of {file}",
-        },
-    )
 
 
 @pytest.fixture
