@@ -11,7 +11,7 @@ from expert_pipeline.assets.text import expert_text
 from expert_pipeline.assets.vectors import expert_vectors
 from expert_pipeline.cleanup import cleanup_job, cleanup_schedule
 from expert_pipeline.core.db import migrate
-from expert_pipeline.dead_runs import dead_run_sensor
+from expert_pipeline.dead_runs import build_dead_run_sensor, check_interval_for
 from expert_pipeline.core.settings import Settings, get_settings
 from expert_pipeline.jobs import ingest_job
 from expert_pipeline.parts import build_resources, check_parts, log_parts
@@ -29,7 +29,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         assets=[expert_files, expert_text, expert_chunks, expert_embeddings, expert_vectors],
         jobs=[ingest_job, cleanup_job],
         sensors=[
-            pending_experts_sensor, ingest_failure_sensor, ingest_cancelled_sensor, dead_run_sensor,
+            pending_experts_sensor, ingest_failure_sensor, ingest_cancelled_sensor,
+            build_dead_run_sensor(check_interval_for(settings.dead_run_after_seconds)),
             webhook_delivery_sensor,
         ],
         schedules=[cleanup_schedule],

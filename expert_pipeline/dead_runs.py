@@ -17,28 +17,40 @@ from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.maintenance_settings import MaintenanceSettings
 
 
-@dg.sensor(
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Finds experts whose run worker died (no heartbeat) and fails the run and the expert; "
-    "Dagster's run retries then run it again.",
-)
-def dead_run_sensor(
-    context: dg.SensorEvaluationContext, catalog: ExpertCatalog, maintenance_settings: MaintenanceSettings
-) -> dg.SkipReason:
-    P = ExpertProcessingProgress
-    cutoff = utcnow() - timedelta(seconds=maintenance_settings.dead_run_after_seconds)
-    handled: list[str] = []
-    with Session(catalog.engine) as session:
-        dead = list(
-            session.scalars(select(P).where(P.status == Status.IN_PROGRESS, func.coalesce(P.heartbeat_at, P.updated_at) < cutoff))
-        )
-        for record in dead:
-            silent = int(maintenance_settings.dead_run_after_seconds)
-            reason = f"The run worker stopped responding (no heartbeat for {silent} s)"
-            run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
-            if run is not None and not run.is_finished:
-                context.instance.report_run_failed(run, reason)
-            ExpertProcessingProgressService(session).mark_failed(record.expert_id, reason)
-            handled.append(record.expert_id)
-    return dg.SkipReason(f"{len(handled)} dead run(s) handled" if handled else "no dead runs")
+def check_interval_for(dead_run_after_seconds: float) -> int:
+    """How often to look: a few times per allowed silence, but no more than every 30 s."""
+    return max(1, min(30, int(dead_run_after_seconds / 6)))
+
+
+def build_dead_run_sensor(check_interval_seconds: int = 30) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="dead_run_sensor",
+        minimum_interval_seconds=check_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Finds experts whose run worker died (no heartbeat) and fails the run and the expert; "
+        "Dagster's run retries then run it again.",
+    )
+    def dead_run_sensor(
+        context: dg.SensorEvaluationContext, catalog: ExpertCatalog, maintenance_settings: MaintenanceSettings
+    ) -> dg.SkipReason:
+        P = ExpertProcessingProgress
+        cutoff = utcnow() - timedelta(seconds=maintenance_settings.dead_run_after_seconds)
+        handled: list[str] = []
+        with Session(catalog.engine) as session:
+            dead = list(
+                session.scalars(select(P).where(P.status == Status.IN_PROGRESS, func.coalesce(P.heartbeat_at, P.updated_at) < cutoff))
+            )
+            for record in dead:
+                silent = int(maintenance_settings.dead_run_after_seconds)
+                reason = f"The run worker stopped responding (no heartbeat for {silent} s)"
+                run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
+                if run is not None and not run.is_finished:
+                    context.instance.report_run_failed(run, reason)
+                ExpertProcessingProgressService(session).mark_failed(record.expert_id, reason)
+                handled.append(record.expert_id)
+        return dg.SkipReason(f"{len(handled)} dead run(s) handled" if handled else "no dead runs")
+
+    return dead_run_sensor
+
+
+dead_run_sensor = build_dead_run_sensor()

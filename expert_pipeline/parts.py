@@ -122,7 +122,9 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     return {
         "catalog": ExpertCatalog(database_url=url),
         "progress_reporter": ProgressReporter(
-            database_url=url, min_write_interval_seconds=settings.progress_min_write_interval_seconds
+            database_url=url, min_write_interval_seconds=settings.progress_min_write_interval_seconds,
+            # Several beats per allowed silence, so one slow write never looks like a dead worker.
+            heartbeat_interval_seconds=min(10.0, settings.dead_run_after_seconds / 4),
         ),
         "file_storage": build_file_storage(settings, in_dagster=True),
         "embedder": build_embedder(settings, in_dagster=True),

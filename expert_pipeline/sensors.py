@@ -1,5 +1,7 @@
 """Sensors: start a run for every new expert; turn runs that die into truthful progress rows."""
 
+import re
+
 import dagster as dg
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -57,8 +59,12 @@ def _finish(catalog: ExpertCatalog, run: dg.DagsterRun, status: Status, message:
     with Session(catalog.engine) as session:
         service = ExpertProcessingProgressService(session)
         record = service.get_progress(expert_id)
-        if record is None or (record.run_id not in (None, run.run_id) and record.status == Status.IN_PROGRESS):
-            return  # deleted meanwhile, or a newer run owns the row now
+        if record is None:
+            return  # deleted meanwhile
+        if record.run_id not in (None, run.run_id) and record.status == Status.IN_PROGRESS:
+            # A retry already owns the row: keep its progress, but let the history say why.
+            service.record_event(expert_id, f"Run {run.run_id} ended: {message}", {"run_id": run.run_id})
+            return
         try:
             if status == Status.CANCELLED:
                 service.mark_cancelled(expert_id, message)
@@ -75,8 +81,24 @@ def _finish(catalog: ExpertCatalog, run: dg.DagsterRun, status: Status, message:
     description="Marks the expert failed when its run dies outside asset code (crash, lost worker).",
 )
 def ingest_failure_sensor(context: dg.RunFailureSensorContext, catalog: ExpertCatalog) -> None:
-    reason = context.failure_event.message or "the run failed"
+    reason = _worker_death(context) or context.failure_event.message or "the run failed"
     _finish(catalog, context.dagster_run, Status.FAILED, f"Processing stopped unexpectedly: {reason}")
+
+
+# The code server reports a run process that died (kill -9, out of memory) in an engine event;
+# the failure event itself only says the run "has been marked as failed from outside".
+_WORKER_DIED = re.compile(r"Run execution process for \S+ (was terminated by [^.]+|exited[^.]*)")
+
+
+def _worker_death(context: dg.RunFailureSensorContext) -> str | None:
+    records = context.instance.get_records_for_run(
+        context.dagster_run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=20, ascending=False
+    ).records
+    for record in records:
+        match = _WORKER_DIED.search(record.event_log_entry.message or "")
+        if match:
+            return f"the run worker {match.group(1)} (out of memory, or killed)"
+    return None
 
 
 @dg.run_status_sensor(

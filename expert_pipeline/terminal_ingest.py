@@ -15,10 +15,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import dagster as dg
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from expert_pipeline.core import experts_service
 from expert_pipeline.core.db import engine_for, migrate
+from expert_pipeline.core.db_retry import DEFAULT_PATIENCE_SECONDS
 from expert_pipeline.core.experts_service import Upload, UploadLimits, UploadRejected
 from expert_pipeline.core.models import ExpertProcessingProgress
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
@@ -90,10 +92,21 @@ def ingest_files(name: str, paths: Sequence[str], agent_id: str | None = None) -
     worker.start()
     interactive = sys.stdout.isatty()
     last_line = ""
+    unreachable_since: float | None = None
     while True:
         alive = worker.is_alive()
-        with Session(engine) as session:
-            record = ExpertProcessingProgressService(session).get_progress(expert.id)
+        try:
+            with Session(engine) as session:
+                record = ExpertProcessingProgressService(session).get_progress(expert.id)
+        except OperationalError:
+            # The database is restarting; the run rides it out (db_retry), and so does the bar.
+            unreachable_since = unreachable_since or time.monotonic()
+            if time.monotonic() - unreachable_since > DEFAULT_PATIENCE_SECONDS:
+                print("\nerror: the database has been unreachable for too long", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+            continue
+        unreachable_since = None
         if record is not None:
             line = render_bar(record)
             if line != last_line:

@@ -125,7 +125,13 @@ def http(live_api: LiveServer) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Settings]:
+def daemon_env() -> dict[str, str]:
+    """Extra environment for the daemon and its runs; a test module may override this fixture."""
+    return {}
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, daemon_env: dict[str, str]) -> Iterator[Settings]:
     """The real Dagster daemon on embedded defaults (SQLite), as `make up` runs it."""
     import signal
     import subprocess
@@ -140,6 +146,8 @@ def daemon(tmp_path: Path) -> Iterator[Settings]:
     (settings.dagster_home / "dagster.yaml").write_text(instance_config(use_postgres=False))
     env = {**os.environ, "EXPERT_PIPELINE_HOME": str(home), "DAGSTER_HOME": str(settings.dagster_home)}
     env.pop("DATABASE_URL", None)
+    env.update(daemon_env)
+    settings = Settings(**{k.lower(): v for k, v in daemon_env.items()}, expert_pipeline_home=home)
     log = open(tmp_path / "daemon.log", "wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO_ROOT / "workspace.yaml")],

@@ -48,7 +48,10 @@ def expert_embeddings(
             current_batch=0, total_batches=total_batches, current_chunk=0, total_chunks=total_chunks,
         )
         load_seconds = embedder.warm_up()
-        cache = EmbeddingCache(catalog.engine, embedder.model_name, embedder.dimensions)
+        cache = EmbeddingCache(
+            catalog.engine, embedder.model_name, embedder.dimensions,
+            on_outage_recovered=run.progress.database_recovered,
+        )
         rate = RateEstimator()
         rate.observe(time.monotonic(), 0)
         encode_seconds = 0.0

@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from expert_pipeline.core.db_retry import OutageHandler, call_with_db_retry
 from expert_pipeline.core.models import EmbeddingCacheEntry
 
 
@@ -24,10 +25,13 @@ def cache_key(model: str, dimensions: int, text: str) -> str:
 
 
 class EmbeddingCache:
-    def __init__(self, engine: Engine, model: str, dimensions: int) -> None:
+    def __init__(
+        self, engine: Engine, model: str, dimensions: int, on_outage_recovered: OutageHandler | None = None
+    ) -> None:
         self.engine = engine
         self.model = model
         self.dimensions = dimensions
+        self.on_outage_recovered = on_outage_recovered
 
     def keys(self, texts: Sequence[str]) -> list[str]:
         return [cache_key(self.model, self.dimensions, t) for t in texts]
@@ -35,11 +39,16 @@ class EmbeddingCache:
     def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         if not keys:
             return {}
-        with Session(self.engine) as session:
-            rows = session.execute(
-                select(EmbeddingCacheEntry.key, EmbeddingCacheEntry.vector).where(EmbeddingCacheEntry.key.in_(set(keys)))
-            )
-            return {key: np.frombuffer(blob, dtype=np.float32) for key, blob in rows}
+
+        def read() -> dict[str, np.ndarray]:
+            with Session(self.engine) as session:
+                rows = session.execute(
+                    select(EmbeddingCacheEntry.key, EmbeddingCacheEntry.vector)
+                    .where(EmbeddingCacheEntry.key.in_(set(keys)))
+                )
+                return {key: np.frombuffer(blob, dtype=np.float32) for key, blob in rows}
+
+        return call_with_db_retry(read, on_recovered=self.on_outage_recovered, what="embedding cache read")
 
     def put_many(self, vectors: Mapping[str, np.ndarray]) -> None:
         if not vectors:
@@ -51,6 +60,11 @@ class EmbeddingCache:
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         # Two runs may embed the same text at once; the first write wins, both are identical.
         statement = insert(EmbeddingCacheEntry).values(rows).on_conflict_do_nothing(index_elements=["key"])
-        with Session(self.engine) as session:
-            session.execute(statement)
-            session.commit()
+
+        def write() -> None:
+            with Session(self.engine) as session:
+                session.execute(statement)
+                session.commit()
+
+        # Losing these rows would only cost a re-embedding later, but they were paid for.
+        call_with_db_retry(write, on_recovered=self.on_outage_recovered, what="embedding cache write")

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from expert_pipeline.core.db import engine_for
+from expert_pipeline.core.db_retry import call_with_db_retry
 from expert_pipeline.core.models import Stage, Status
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService, RunNotWanted
 
@@ -47,14 +48,25 @@ class ExpertProgress:
         self._last_write = 0.0
 
     def _call(self, method: str, /, **kwargs: Any) -> Any:
+        def write() -> Any:
+            with Session(self.engine, expire_on_commit=False) as session:
+                return getattr(ExpertProcessingProgressService(session), method)(**kwargs)
+
         started = time.perf_counter()
-        with Session(self.engine, expire_on_commit=False) as session:
-            result = getattr(ExpertProcessingProgressService(session), method)(**kwargs)
+        result = call_with_db_retry(write, on_recovered=self.database_recovered, what=f"progress write ({method})")
         self.seconds_writing += time.perf_counter() - started
         self.writes += 1
         if getattr(result, "status", None) == Status.CANCELLED:
             self._cancelled.set()
         return result
+
+    def database_recovered(self, seconds: float, attempts: int) -> None:
+        """Put a database outage the run rode out into the expert's history."""
+        self._call(
+            "record_event", expert_id=self.expert_id,
+            message=f"The database was unreachable for {seconds:.1f} s; processing went on when it came back",
+            data={"kind": "database_outage", "seconds": round(seconds, 1), "attempts": attempts},
+        )
 
     def start_run(self, run_id: str, total_files: int, retry_of: str | None = None) -> None:
         self._call("start_run", expert_id=self.expert_id, run_id=run_id, total_files=total_files, retry_of=retry_of)
