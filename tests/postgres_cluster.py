@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -69,11 +68,6 @@ class PostgresCluster:
     def stop(self) -> None:
         # "fast": what a restart by an operator or a failover does to open connections.
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop")
-
-    def restart(self, down_seconds: float) -> None:
-        self.stop()
-        time.sleep(down_seconds)
-        self.start()
 
     def destroy(self) -> None:
         try:

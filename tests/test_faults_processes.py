@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from sqlalchemy import create_engine, func, select
@@ -26,7 +27,8 @@ from expert_pipeline.core.db import migrate
 from expert_pipeline.core.models import EmbeddingCacheEntry, ExpertProcessingProgress, ProgressEvent
 from expert_pipeline.core.settings import Settings
 from expert_pipeline.parts import build_vector_store
-from tests.conftest import skip_or_fail
+from status_api.main import create_app
+from tests.conftest import LiveServer, skip_or_fail
 from tests.fixture_documents import make_pdf, sample_paragraphs
 from tests.pipeline_helpers import create_expert
 from tests.postgres_cluster import PostgresCluster, find_pg_bin
@@ -114,9 +116,18 @@ def test_database_restart_during_ingest_is_ridden_out(private_postgres: Postgres
         env=env, stdout=output, stderr=subprocess.STDOUT,
     )
     row = Row(private_postgres.url)
+    settings = Settings(expert_pipeline_home=home, database_url=private_postgres.url)
     try:
-        _wait_for("embedding to be under way", row.embedding_mid_way, timeout=120)
-        private_postgres.restart(down_seconds=3)
+        with LiveServer(create_app(settings)) as api, httpx.Client(base_url=api.url, timeout=10) as http:
+            _wait_for("embedding to be under way", row.embedding_mid_way, timeout=120)
+            expert_id = row.progress().expert_id  # type: ignore[union-attr]
+            private_postgres.stop()
+            # While the database is down the status API says so plainly, and stays up.
+            down = http.get(f"/api/experts/{expert_id}/progress")
+            assert down.status_code == 503 and "unavailable" in down.json()["error"], down.text
+            time.sleep(3)
+            private_postgres.start()
+            assert http.get(f"/api/experts/{expert_id}/progress").status_code == 200
         code = ingest.wait(timeout=180)
     finally:
         if ingest.poll() is None:
@@ -135,7 +146,6 @@ def test_database_restart_during_ingest_is_ridden_out(private_postgres: Postgres
     assert outages, messages
     assert messages[-1].lower().startswith("processing complete"), messages
     # Nothing lost or doubled: one vector and one cached embedding per chunk.
-    settings = Settings(expert_pipeline_home=home, database_url=private_postgres.url)
     assert build_vector_store(settings).count(record.expert_id) == record.total_chunks
     assert row.cached_embeddings() == record.total_chunks
 
