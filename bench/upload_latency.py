@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -65,7 +66,27 @@ def one_upload(client: httpx.Client, pdf: bytes) -> dict[str, float]:
             figures["status"] = progress["status"]  # type: ignore[assignment]
             break
         time.sleep(0.02)
+    figures.update(phases(client, expert_id))
     return figures
+
+
+# Where the time goes, from the expert's own history (server clock, so no client skew).
+PHASES = {
+    "Processing started": "to_run_started_s",  # sensor tick + run queue + run process start
+    "Generating embeddings": "to_embedding_s",  # + files, text, chunks (tokenizer load)
+    "Processing complete": "to_complete_s",  # + model load, encoding, vectors
+}
+
+
+def phases(client: httpx.Client, expert_id: str) -> dict[str, float]:
+    events = client.get(f"/api/experts/{expert_id}/progress/events").json()["events"]
+    queued = datetime.fromisoformat(events[0]["created_at"])
+    found: dict[str, float] = {}
+    for event in events:
+        key = PHASES.get(event["message"])
+        if key and key not in found:
+            found[key] = (datetime.fromisoformat(event["created_at"]) - queued).total_seconds()
+    return found
 
 
 def main() -> None:

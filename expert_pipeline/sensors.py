@@ -23,7 +23,7 @@ def run_key_for(record: ExpertProcessingProgress) -> str:
 
 @dg.sensor(
     job=ingest_job,
-    minimum_interval_seconds=2,
+    minimum_interval_seconds=1,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Picks up experts waiting in `pending`, adds their partition and requests one run each.",
 )
