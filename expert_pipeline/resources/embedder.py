@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import dagster as dg
+import numpy as np
 
 if TYPE_CHECKING:
     # Importing sentence-transformers pulls in torch (seconds); keep it off the import path of
@@ -54,13 +55,60 @@ class Embedder(Protocol):
 LOCAL_MODEL_NAME = "all-MiniLM-L6-v2"
 
 
+class SentenceEncoder(Protocol):
+    """A loaded model: how it counts tokens and turns texts into unit vectors."""
+
+    max_seq_length: int
+
+    @property
+    def dimensions(self) -> int: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray: ...
+
+
+class _SentenceTransformersEncoder:
+    """Any other sentence-transformers model, through the library itself (slower to import)."""
+
+    def __init__(self, model: SentenceTransformer) -> None:
+        self.model = model
+        max_length = model.max_seq_length
+        if max_length is None:
+            raise RuntimeError("the model does not report its maximum input length")
+        self.max_seq_length = int(max_length)
+
+    @property
+    def dimensions(self) -> int:
+        # get_sentence_embedding_dimension was renamed get_embedding_dimension in
+        # sentence-transformers 6 (the old name still works but warns).
+        dimensions = self.model.get_embedding_dimension()
+        if dimensions is None:
+            raise RuntimeError("the model does not report its dimensions")
+        return int(dimensions)
+
+    def count_tokens(self, text: str) -> int:
+        # No truncation: the point is to learn how far past the limit a text is. verbose=False
+        # silences transformers' "sequence length is longer than the maximum" warning.
+        encoding = self.model.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)
+        return len(encoding["input_ids"])
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        # normalize_embeddings keeps the promise of unit vectors for a model without a
+        # Normalize module.
+        vectors = self.model.encode(
+            list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
 @dataclass
 class _LoadedModel:
-    model: SentenceTransformer
+    encoder: SentenceEncoder
     load_seconds: float
-    # The Rust tokenizer behind the model is stateful (truncation settings are switched per
-    # call: off for counting, on for encoding), and using it from two threads at once fails
-    # with "Already borrowed". One lock per model serialises its use; torch already spreads a
+    # The Rust tokenizers behind a model are stateful and fail with "Already borrowed" when two
+    # threads use one at once. One lock per model serialises its use; torch already spreads a
     # single encode over all cores, so nothing is lost.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -72,15 +120,20 @@ _LOAD_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=4)
 def _load_model(path: str, device: str) -> _LoadedModel:
-    # The model is bundled on disk; make sure nothing tries to reach the Hugging Face Hub
-    # (which would hang or fail on an offline worker). setdefault keeps an explicit choice.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
+    from expert_pipeline.resources import bert_encoder
 
     started = time.perf_counter()
-    model = SentenceTransformer(path, device=device, local_files_only=True)
-    return _LoadedModel(model=model, load_seconds=time.perf_counter() - started)
+    if bert_encoder.supports(Path(path)):
+        encoder: SentenceEncoder = bert_encoder.BertSentenceEncoder(Path(path), device=device)
+    else:
+        # The model is on disk; make sure nothing tries to reach the Hugging Face Hub (which
+        # would hang or fail on an offline worker). setdefault keeps an explicit choice.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        encoder = _SentenceTransformersEncoder(SentenceTransformer(path, device=device, local_files_only=True))
+    return _LoadedModel(encoder=encoder, load_seconds=time.perf_counter() - started)
 
 
 def _cached_model(path: str, device: str) -> tuple[_LoadedModel, bool]:
@@ -132,44 +185,22 @@ class LocalEmbedder(dg.ConfigurableResource):
 
     @property
     def dimensions(self) -> int:
-        # get_sentence_embedding_dimension was renamed get_embedding_dimension in
-        # sentence-transformers 6 (the old name still works but warns).
-        dimensions = self._loaded().model.get_embedding_dimension()
-        if dimensions is None:
-            raise RuntimeError(f"the model at {self._resolved_path()} does not report its dimensions")
-        return dimensions
+        return self._loaded().encoder.dimensions
 
     @property
     def max_input_tokens(self) -> int:
-        max_length = self._loaded().model.max_seq_length
-        if max_length is None:
-            raise RuntimeError(f"the model at {self._resolved_path()} does not report its maximum input length")
-        return max_length
+        return self._loaded().encoder.max_seq_length
 
     def count_tokens(self, text: str) -> int:
+        """Tokens including the special ones ([CLS], [SEP]), which count towards the limit."""
         loaded = self._loaded()
         with loaded.lock:
-            # Special tokens ([CLS], [SEP]) count towards the model's limit, so they are included.
-            # No truncation: the point is to learn how far past the limit a text is. verbose=False
-            # silences transformers' "sequence length is longer than the maximum" warning, which
-            # is expected here and harmless because this sequence is never fed to the model.
-            encoding = loaded.model.tokenizer(
-                text, add_special_tokens=True, truncation=False, verbose=False
-            )
-        return len(encoding["input_ids"])
+            return loaded.encoder.count_tokens(text)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
         loaded = self._loaded()
         with loaded.lock:
-            vectors = loaded.model.encode(
-                list(texts),
-                batch_size=self.encode_batch_size,
-                # The model ends with a Normalize module already; asking again is free and keeps
-                # the promise of unit vectors even if a different model_path lacks that module.
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            vectors = loaded.encoder.encode(list(texts), batch_size=self.encode_batch_size)
         return vectors.tolist()
