@@ -4,10 +4,12 @@
 from datetime import timedelta
 
 import dagster as dg
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 
-from expert_pipeline.core.models import Expert, ExpertProcessingProgress, Status, utcnow
+from expert_pipeline.core.models import (
+    EmbeddingCacheEntry, Expert, ExpertProcessingProgress, Status, WebhookDelivery, WebhookDeliveryStatus, utcnow,
+)
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
@@ -64,10 +66,35 @@ def remove_deleted_experts(
     return len(gone)
 
 
-@dg.job(description="Daily cleanup of old progress records and of deleted experts' leftovers.")
+@dg.op(description="Delete finished webhook deliveries past the completed-records retention, and "
+       "embedding-cache entries older than their retention.")
+def prune_outbox_and_cache(
+    context: dg.OpExecutionContext, catalog: ExpertCatalog, maintenance_settings: MaintenanceSettings
+) -> dict[str, int]:
+    now = utcnow()
+    deliveries_before = now - timedelta(days=maintenance_settings.completed_retention_days)
+    cache_before = now - timedelta(days=maintenance_settings.embedding_cache_retention_days)
+    D = WebhookDelivery
+    with Session(catalog.engine) as session:
+        # Pending deliveries are still owed to someone; only finished ones go.
+        deliveries = session.execute(
+            delete(D).where(
+                D.status.in_([WebhookDeliveryStatus.DELIVERED, WebhookDeliveryStatus.FAILED]),
+                D.next_attempt_at < deliveries_before,
+            )
+        ).rowcount
+        cached = session.execute(delete(EmbeddingCacheEntry).where(EmbeddingCacheEntry.created_at < cache_before)).rowcount
+        session.commit()
+    removed = {"webhook_deliveries": int(deliveries or 0), "embedding_cache_entries": int(cached or 0)}
+    context.log.info(f"Pruned {removed['webhook_deliveries']} webhook deliveries, {removed['embedding_cache_entries']} cached embeddings")
+    return removed
+
+
+@dg.job(description="Daily cleanup of old progress records, deleted experts' leftovers, the webhook outbox and the embedding cache.")
 def cleanup_job() -> None:
     remove_expired_progress()
     remove_deleted_experts()
+    prune_outbox_and_cache()
 
 
 cleanup_schedule = dg.ScheduleDefinition(

@@ -139,5 +139,6 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             completed_retention_days=settings.completed_retention_days,
             failed_retention_days=settings.failed_retention_days,
             dead_run_after_seconds=settings.dead_run_after_seconds,
+            embedding_cache_retention_days=settings.embedding_cache_retention_days,
         ),
     }

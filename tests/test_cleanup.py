@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from expert_pipeline.core.db import engine_for
@@ -70,3 +70,36 @@ def test_cleanup_removes_expired_records_and_deleted_experts(settings: Settings,
         assert service.list_events("old-done") == [] and service.list_events("new-done") != []
     assert store.count("gone") == 0
     assert not leftover.exists() and not work.dir.exists()
+
+
+def test_cleanup_prunes_finished_webhook_deliveries_and_old_cached_embeddings(settings: Settings) -> None:
+    from expert_pipeline.core.models import EmbeddingCacheEntry, WebhookDelivery
+
+    settings = settings.model_copy(update={"completed_retention_days": 30, "embedding_cache_retention_days": 180})
+    engine = engine_for(settings.resolved_database_url)
+    now = utcnow()
+
+    def delivery(event_id: str, status: str, days_ago: float) -> WebhookDelivery:
+        return WebhookDelivery(
+            event_id=event_id, expert_id="e", event_type="expert.completed", url="http://hook.example/x",
+            payload={}, status=status, next_attempt_at=now - timedelta(days=days_ago),
+        )
+
+    with Session(engine) as session:
+        session.add_all([
+            delivery("old-delivered", "delivered", 31), delivery("old-failed", "failed", 40),
+            delivery("old-pending", "pending", 40), delivery("new-delivered", "delivered", 1),
+            EmbeddingCacheEntry(key="a" * 64, model="m", vector=b"\0" * 4, created_at=now - timedelta(days=181)),
+            EmbeddingCacheEntry(key="b" * 64, model="m", vector=b"\0" * 4, created_at=now - timedelta(days=10)),
+        ])
+        session.commit()
+
+    with dg.instance_for_test() as instance:
+        result = build_definitions(settings).resolve_job_def("cleanup_job").execute_in_process(instance=instance)
+        assert result.success
+        assert result.output_for_node("prune_outbox_and_cache") == {"webhook_deliveries": 2, "embedding_cache_entries": 1}
+
+    with Session(engine) as session:
+        left = set(session.scalars(select(WebhookDelivery.event_id)))
+        assert left == {"old-pending", "new-delivered"}  # still owed, or recent
+        assert list(session.scalars(select(EmbeddingCacheEntry.key))) == ["b" * 64]

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
 
     completed_retention_days: float = 30.0
     failed_retention_days: float = 90.0
+    # Long enough to cover retries and re-ingests of the same documents; the vectors themselves
+    # live in the vector store and are not affected.
+    embedding_cache_retention_days: float = 180.0
 
     # Signed webhooks on completed / failed / cancelled (expert_pipeline/core/webhooks.py).
     # WEBHOOK_URLS is comma-separated; empty means webhooks are off. NoDecode: pydantic-settings

@@ -7,3 +7,4 @@ class MaintenanceSettings(dg.ConfigurableResource):
     completed_retention_days: float = 30.0
     failed_retention_days: float = 90.0
     dead_run_after_seconds: float = 180.0
+    embedding_cache_retention_days: float = 180.0
