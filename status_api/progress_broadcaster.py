@@ -38,7 +38,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -80,10 +80,32 @@ class ProgressChange:
     frame: bytes
     # The expert's owner (None: no owner, or no expert row), for per-subscriber filtering.
     owner: str | None = None
+    # What the frame was made from, kept so a run that goes quiet can be re-sent as stalled
+    # without a database read: its last sign of life, and the flag the frame carries.
+    record: ProgressRecord | None = None
+    alive_at: datetime | None = None
+    # Bumped when the same row is re-sent with a different `stalled` flag (the row itself
+    # did not change, so `updated_at` alone cannot order the two frames).
+    revision: int = 0
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def version(self) -> tuple[datetime, int]:
+        return (self.updated_at, self.revision)
+
+    @property
+    def stalled(self) -> bool:
+        return bool(self.record is not None and self.record.stalled)
+
+    def with_stalled(self, stalled: bool) -> ProgressChange:
+        assert self.record is not None
+        record = self.record.model_copy(update={"stalled": stalled})
+        return replace(
+            self, record=record, frame=sse_frame("progress", record.model_dump_json()), revision=self.revision + 1
+        )
 
 
 def sse_frame(event: str, data: str) -> bytes:
@@ -91,7 +113,9 @@ def sse_frame(event: str, data: str) -> bytes:
     return f"event: {event}\n{lines}\n".encode()
 
 
-def encode_record(record: ProgressRecord, owner: str | None = None) -> ProgressChange:
+def encode_record(
+    record: ProgressRecord, owner: str | None = None, alive_at: datetime | None = None
+) -> ProgressChange:
     return ProgressChange(
         expert_id=record.expert_id,
         updated_at=record.updated_at,
@@ -99,6 +123,8 @@ def encode_record(record: ProgressRecord, owner: str | None = None) -> ProgressC
         started_at=record.started_at,
         frame=sse_frame("progress", record.model_dump_json()),
         owner=owner,
+        record=record,
+        alive_at=alive_at,
     )
 
 
@@ -191,7 +217,7 @@ class ProgressBroadcaster:
         self._seeded: asyncio.Event | None = None
         self._since: datetime | None = None
         # The newest version sent per expert (dedupes rows read again inside the look-back).
-        self._versions: dict[str, datetime] = {}
+        self._versions: dict[str, tuple[datetime, int]] = {}
         # The newest frame of every active expert: the snapshot a new "all" subscriber gets.
         self._active: dict[str, ProgressChange] = {}
         self._notified: set[str] = set()
@@ -338,10 +364,13 @@ class ProgressBroadcaster:
         # still get it (they drop versions they already have).
         self._publish(records, to_all=not seeding)
         if reseeding:
-            self._active = {c.expert_id: c for c in records if c.status in ACTIVE}
+            # Entries already known stay (they carry what was last sent, e.g. a stalled flag);
+            # experts no longer active, or deleted, leave.
+            self._active = {c.expert_id: self._active.get(c.expert_id, c) for c in records if c.status in ACTIVE}
             self._reseed_at = time.monotonic() + self.reseed_seconds
         if seeding:
             self._seeded.set()  # type: ignore[union-attr]
+        self._push_stall_flips()
         self._prune(self._since)
 
     def _query(self, since: datetime, ids: list[str], seeding: bool) -> Select[Any]:
@@ -376,7 +405,11 @@ class ProgressBroadcaster:
         queue = {expert_id: position for position, (expert_id, _) in enumerate(order, 1)}
         now = utcnow()
         return [
-            encode_record(present(row, self.settings, queue, now), owner=row.expert_owner)  # type: ignore[arg-type]
+            encode_record(
+                present(row, self.settings, queue, now),  # type: ignore[arg-type]
+                owner=row.expert_owner,
+                alive_at=(row.heartbeat_at or row.updated_at) if row.status == Status.IN_PROGRESS else None,
+            )
             for row in rows
         ]
 
@@ -384,25 +417,56 @@ class ProgressBroadcaster:
         """Fan out on the event loop: cache update and queueing happen without an await."""
         for change in changes:
             sent = self._versions.get(change.expert_id)
-            if sent is not None and change.updated_at <= sent:
+            if sent is not None and change.updated_at <= sent[0]:
+                self._refresh_liveness(change)
                 continue
-            self._versions[change.expert_id] = change.updated_at
+            self._versions[change.expert_id] = change.version
             if change.status in ACTIVE:
                 self._active[change.expert_id] = change
             else:
                 self._active.pop(change.expert_id, None)
             self.stats.changes += 1
-            for sub in (*(self._all if to_all else ()), *self._by_expert.get(change.expert_id, ())):
-                if not sub.wants(change):
-                    continue
-                if sub.offer(change):
-                    self.stats.frames_dropped += 1
-                self.stats.frames_queued += 1
+            self._fan_out(change, to_all=to_all)
+
+    def _fan_out(self, change: ProgressChange, *, to_all: bool = True) -> None:
+        for sub in (*(self._all if to_all else ()), *self._by_expert.get(change.expert_id, ())):
+            if not sub.wants(change):
+                continue
+            if sub.offer(change):
+                self.stats.frames_dropped += 1
+            self.stats.frames_queued += 1
+
+    def _resend(self, change: ProgressChange) -> None:
+        self._active[change.expert_id] = change
+        self._versions[change.expert_id] = change.version
+        self._fan_out(change)
+
+    def _refresh_liveness(self, change: ProgressChange) -> None:
+        """A re-read of an unchanged row (the periodic reseed) carries its newest heartbeat, so a
+        run shown as stalled that beats again is seen to be alive."""
+        current = self._active.get(change.expert_id)
+        if current is None or change.alive_at is None or current.updated_at != change.updated_at:
+            return
+        if current.alive_at is None or change.alive_at > current.alive_at:
+            # _push_stall_flips, later in the same tick, re-sends it if the flag changes.
+            self._active[change.expert_id] = replace(current, alive_at=change.alive_at)
+
+    def _push_stall_flips(self) -> None:
+        """A heartbeat does not touch `updated_at`, so a run going quiet produces no change to
+        read; the flag is worked out here from the last sign of life already known."""
+        limit = timedelta(seconds=self.settings.stall_after_seconds)
+        now = utcnow()
+        for change in list(self._active.values()):
+            if change.alive_at is None or change.record is None:
+                continue
+            stalled = now - change.alive_at > limit
+            if stalled != change.stalled:
+                self._resend(change.with_stalled(stalled))
 
     def _prune(self, since: datetime) -> None:
         # A version older than the window can never be read again by time; drop it unless it
         # is an active expert (whose entry also guards the snapshot).
-        stale = [k for k, v in self._versions.items() if v <= since and k not in self._active]
+        stale = [k for k, v in self._versions.items() if v[0] <= since and k not in self._active]
         for key in stale:
             del self._versions[key]
 

@@ -333,3 +333,32 @@ def test_postgres_notify_wakes_the_stream_for_writes_from_any_connection(pg_api:
             assert await stream.next(timeout=5) == ("end", None)
 
     asyncio.run(scenario())
+
+
+def test_a_run_that_goes_quiet_is_pushed_as_stalled_and_back(settings: Settings) -> None:
+    # A heartbeat does not change `updated_at`, so nothing new is read when a run goes quiet;
+    # the broadcaster still pushes the flag as it flips, and back once the run beats again.
+    from status_api.main import create_app
+
+    quick = settings.model_copy(update={"stall_after_seconds": 1.0})
+    write(quick, "create_progress_record", expert_id="expert-quiet", total_files=1)
+    write(quick, "start_run", "expert-quiet", run_id="run-1")
+    app = create_app(quick)
+    with LiveServer(app) as server:
+        server.app = app  # type: ignore[attr-defined]
+
+        async def scenario() -> None:
+            broadcaster_of(server).reseed_seconds = 0.2  # re-read active rows (and heartbeats) often
+            async with client_for(server) as client, sse(client, "/api/experts/expert-quiet/progress/stream") as stream:
+                first = await stream.progress()
+                assert (first["status"], first["stalled"]) == ("in_progress", False)
+                quiet = await stream.progress(timeout=5)
+                assert quiet["stalled"] is True
+                assert quiet["updated_at"] == first["updated_at"]  # the row itself never changed
+                assert (await client.get("/api/experts/expert-quiet/progress")).json()["progress"]["stalled"] is True
+
+                await awrite(quick, "heartbeat", "expert-quiet")
+                alive = await stream.progress(timeout=5)
+                assert alive["stalled"] is False and alive["updated_at"] == first["updated_at"]
+
+        asyncio.run(scenario())

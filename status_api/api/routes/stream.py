@@ -97,32 +97,32 @@ async def _expert_stream(
     broadcaster: ProgressBroadcaster, sub: Subscription, first: ProgressChange
 ) -> AsyncIterator[bytes]:
     cached = broadcaster.latest(first.expert_id)
-    current = cached if cached is not None and cached.updated_at > first.updated_at else first
+    current = cached if cached is not None and cached.version > first.version else first
     yield RETRY_FRAME + current.frame
     if current.terminal:
         return
-    sent = current.updated_at
+    sent = current.version
     while True:
         batch = await _next_batch(sub, broadcaster.keepalive_seconds)
         if batch is None:
             yield KEEPALIVE_FRAME
             continue
         sub.lagged = False  # every frame carries the whole record: the newest one is enough
-        fresh = [c for c in batch if c.updated_at > sent]
+        fresh = [c for c in batch if c.version > sent]
         if not fresh:
             continue
         for index, change in enumerate(fresh):
             if change.terminal:
                 yield b"".join(c.frame for c in fresh[: index + 1])
                 return
-        sent = fresh[-1].updated_at
+        sent = fresh[-1].version
         yield b"".join(c.frame for c in fresh)
 
 
 async def _all_stream(broadcaster: ProgressBroadcaster, sub: Subscription) -> AsyncIterator[bytes]:
     yield RETRY_FRAME
     snapshot = await broadcaster.snapshot(viewer=sub.viewer)
-    versions = {c.expert_id: c.updated_at for c in snapshot}
+    versions = {c.expert_id: c.version for c in snapshot}
     if snapshot:
         yield b"".join(c.frame for c in snapshot)
     while True:
@@ -139,7 +139,7 @@ async def _all_stream(broadcaster: ProgressBroadcaster, sub: Subscription) -> As
 
 
 def _newer(change: ProgressChange, seen: Any) -> bool:
-    return seen is None or change.updated_at > seen
+    return seen is None or change.version > seen
 
 
 def _read_record(request: Request, expert_id: str, principal: Principal) -> ProgressRecord | None:
