@@ -134,6 +134,8 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             embedding_batch_size=settings.embedding_batch_size,
             chunk_max_tokens=settings.chunk_max_tokens,
             chunk_overlap_tokens=settings.chunk_overlap_tokens,
+            extraction_timeout_seconds=settings.extraction_timeout_seconds,
+            extraction_memory_mb=settings.extraction_memory_mb,
         ),
         "maintenance_settings": MaintenanceSettings(
             completed_retention_days=settings.completed_retention_days,

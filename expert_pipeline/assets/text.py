@@ -1,7 +1,8 @@
 """Stage 2 (text_extraction): extract page text from every fetched file.
 
-A file that cannot be read (encrypted, corrupt, image-only, empty, unsupported) fails alone
-with its reason recorded; the other files go on.
+A file that cannot be read (encrypted, corrupt, image-only, empty, unsupported, or beyond the
+time and memory bounds of the extraction worker) fails alone with its reason recorded; the
+other files go on.
 """
 
 import dagster as dg
@@ -14,7 +15,8 @@ from expert_pipeline.progress_plan import overall_percentage
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.progress_reporter import ProgressReporter
-from expert_pipeline.text.extraction import ExtractionError, extract_pages
+from expert_pipeline.text.extraction import ExtractionError
+from expert_pipeline.text.isolated_extraction import ExtractionLimits, IsolatedExtractor
 
 # Extraction is three quarters of the text_extraction stage; chunking is the rest.
 EXTRACTION_SHARE = 0.75
@@ -39,7 +41,8 @@ def expert_text(
     total = len(all_files)
     failed = sum(1 for f in all_files if f.status == FileStatus.FAILED)
     pages = characters = 0
-    with run.progress.guard("Text extraction"):
+    limits = ExtractionLimits(ingest_settings.extraction_timeout_seconds, ingest_settings.extraction_memory_mb)
+    with run.progress.guard("Text extraction"), IsolatedExtractor(run.work, limits) as extractor:
         run.progress.stage(Stage.TEXT_EXTRACTION, overall_percentage(Stage.TEXT_EXTRACTION, 0, 1), "Extracting text")
         for index, item in enumerate(all_files):
             if item.status != FileStatus.PENDING:
@@ -50,16 +53,18 @@ def expert_text(
             )
             source = run.work.fetched_path(item.id, item.filename)
             try:
-                file_pages, file_chars = run.work.write_pages(item.id, extract_pages(source, item.filename))
+                extracted = extractor.extract(item.id, source, item.filename)
             except ExtractionError as exc:
                 kind, reason = exc.kind, str(exc)
             except Exception as exc:  # noqa: BLE001 - a parser bug on one file must not sink the expert
                 kind, reason = "unreadable", f"could not be read: {exc.__class__.__name__}: {exc}"
             else:
-                pages += file_pages
-                characters += file_chars
-                catalog.set_file(item.id, pages=file_pages, characters=file_chars)
-                context.log.info(f"Extracted {file_chars} characters from {item.filename} ({file_pages} pages)")
+                pages += extracted.pages
+                characters += extracted.characters
+                catalog.set_file(item.id, pages=extracted.pages, characters=extracted.characters)
+                context.log.info(
+                    f"Extracted {extracted.characters} characters from {item.filename} ({extracted.pages} pages)"
+                )
                 continue
             failed += 1
             catalog.fail_file(item.id, kind, reason)

@@ -22,6 +22,9 @@ from expert_pipeline.core.models import Expert, ExpertFile, ExpertProcessingProg
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 
 MAX_FILENAME_CHARS = 180
+# Filesystems cap a name at 255 bytes, not characters (180 "é" are 360 bytes); leave room
+# for the ".partial" suffix used while a file is being written.
+MAX_FILENAME_BYTES = 200
 
 
 class UploadRejected(ValueError):
@@ -72,10 +75,14 @@ def safe_filename(raw: str | None) -> str:
     name = re.sub(r"[\x00-\x1f\x7f/]", "", name).strip().lstrip(".")
     if not name:
         raise UploadRejected("every file needs a name")
-    if len(name) > MAX_FILENAME_CHARS:
+    if len(name) > MAX_FILENAME_CHARS or len(name.encode()) > MAX_FILENAME_BYTES:
         stem, dot, ext = name.rpartition(".")
         ext = f".{ext}" if dot and len(ext) <= 10 else ""
-        name = (stem if dot else name)[: MAX_FILENAME_CHARS - len(ext)] + ext
+        stem = (stem if dot else name)[: MAX_FILENAME_CHARS - len(ext)]
+        budget = MAX_FILENAME_BYTES - len(ext.encode())
+        # Cut on a character boundary: drop whole characters until the bytes fit.
+        stem = stem.encode()[:budget].decode(errors="ignore")
+        name = stem + ext
     return name
 
 

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     max_upload_files: int = 100
     max_upload_total_bytes: int = 500 * 1024 * 1024
 
+    # Text extraction of one file runs in a worker process with these bounds; a file beyond
+    # them fails alone ("too large or too complex").
+    extraction_timeout_seconds: float = Field(default=120.0, gt=0)
+    extraction_memory_mb: int = Field(default=2048, ge=128)
+
     embedding_batch_size: int = 64
     chunk_max_tokens: int = 256
     chunk_overlap_tokens: int = 32

@@ -318,6 +318,9 @@ def _open_docx(path: Path) -> DocxDocument:
         return docx.Document(str(path))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise ExtractionError("corrupt", "damaged Word (.docx) file: cannot be opened") from exc
+    except MemoryError:
+        # A compressed document that inflates past the extraction worker's memory cap.
+        raise ExtractionError("too_large", "too large: reading it needed more memory than allowed") from None
     except Exception as exc:  # noqa: BLE001 - lxml and zip errors vary; all mean "damaged"
         raise ExtractionError("corrupt", f"damaged Word (.docx) file: {exc.__class__.__name__}") from exc
 

@@ -34,10 +34,17 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+# Starlette's multipart parser stops at 1,000 files with a 400 of its own, before any route
+# can apply the product's (lower) limit; that answer is restated as ours.
+_PARSER_FILE_LIMIT = "Too many files."
+
+
+def install_error_handlers(app: FastAPI, max_upload_files: int | None = None) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 400 and message.startswith(_PARSER_FILE_LIMIT) and max_upload_files is not None:
+            return error_response(413, f"too many files (at most {max_upload_files} per request)")
         return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
