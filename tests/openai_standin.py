@@ -103,6 +103,11 @@ class OpenAIStandin:
         with self._lock:
             self._failures.extend([(status, retry_after)] * n)
 
+    def recover(self) -> None:
+        """Forget the failures still queued: the provider is healthy again."""
+        with self._lock:
+            self._failures.clear()
+
     @property
     def embedding_requests(self) -> list[RecordedRequest]:
         """The embeddings requests that were answered with vectors."""

@@ -65,6 +65,7 @@ class FaultProxy:
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._lock = threading.Lock()
         self._pending_failures: list[int] = []
+        self._failing_reads: dict[str, int] = {}
         self.log: list[ProxiedRequest] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._thread = threading.Thread(
@@ -76,6 +77,16 @@ class FaultProxy:
         """Answer the next `count` requests with `status` and S3's error body for it."""
         with self._lock:
             self._pending_failures.extend([status] * count)
+
+    def fail_reads_of(self, fragment: str, status: int = 503) -> None:
+        """Answer every GET/HEAD whose path contains `fragment` with `status`, until `heal()`."""
+        with self._lock:
+            self._failing_reads[fragment] = status
+
+    def heal(self) -> None:
+        with self._lock:
+            self._pending_failures.clear()
+            self._failing_reads.clear()
 
     @property
     def injected(self) -> list[ProxiedRequest]:
@@ -91,8 +102,12 @@ class FaultProxy:
         self._thread.join(timeout=10)
 
     # Called by the handler threads.
-    def _take_failure(self) -> int | None:
+    def _take_failure(self, method: str, path: str) -> int | None:
         with self._lock:
+            if method in ("GET", "HEAD"):
+                for fragment, status in self._failing_reads.items():
+                    if fragment in path:
+                        return status
             return self._pending_failures.pop(0) if self._pending_failures else None
 
     def _record(self, request: ProxiedRequest) -> None:
@@ -149,7 +164,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _handle(self) -> None:
             body = self._read_body()
-            status = proxy._take_failure()
+            status = proxy._take_failure(self.command, self.path)
             if status is None:
                 status = self._forward(body)
                 proxy._record(ProxiedRequest(self.command, self.path, status, False, len(body)))

@@ -17,6 +17,7 @@ from expert_pipeline.resources.embedder import Embedder
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.progress_reporter import ProgressReporter
+from expert_pipeline.resources.service_trouble import describe
 
 
 @dg.asset(
@@ -61,7 +62,14 @@ def expert_embeddings(
             chunk_iter = run.work.read_chunks(item.id)
             while texts := [c.text for c in itertools.islice(chunk_iter, batch_size)]:
                 started = run.seconds()
-                vectors = _embed_with_cache(embedder, cache, texts)
+                try:
+                    vectors = _embed_with_cache(embedder, cache, texts)
+                finally:
+                    if trouble := embedder.take_trouble():
+                        run.progress.event(
+                            describe("embedding provider", trouble),
+                            {"kind": "provider_retries", "statuses": {str(k): v for k, v in trouble.items()}},
+                        )
                 from_cache += len(texts) - vectors.fresh
                 encode_seconds += run.seconds() - started
                 run.work.append_embeddings(item.id, vectors.array)

@@ -10,6 +10,7 @@ from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.file_storage import FileStorage
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.progress_reporter import IngestFailed, ProgressReporter
+from expert_pipeline.resources.service_trouble import describe
 
 
 @dg.asset(
@@ -51,6 +52,13 @@ def expert_files(
                 reason = f"could not be fetched from storage: {exc}"
                 catalog.fail_file(item.id, "fetch_failed", reason)
                 run.progress.event(f"{item.filename} failed: {reason}", {"filename": item.filename, "kind": "fetch_failed"})
+            finally:
+                if trouble := file_storage.take_trouble():
+                    run.progress.event(
+                        f"{describe('file storage', trouble)} (fetching {item.filename})",
+                        {"kind": "storage_retries", "filename": item.filename,
+                         "statuses": {str(k): v for k, v in trouble.items()}},
+                    )
             run.progress.update(
                 overall_percentage(Stage.FILE_PROCESSING, index + 1, len(files)),
                 current_file=item.filename, current_file_index=index, failed_files=failed,

@@ -51,6 +51,11 @@ class Embedder(Protocol):
         """Get ready (load a model, open a client); returns the seconds it took."""
         ...
 
+    def take_trouble(self) -> dict[int, int]:
+        """Answers a remote provider gave that were retried (HTTP status -> count) since the
+        last call; always empty for a local model."""
+        ...
+
 
 LOCAL_MODEL_NAME = "all-MiniLM-L6-v2"
 
@@ -182,6 +187,9 @@ class LocalEmbedder(dg.ConfigurableResource):
     @property
     def model_name(self) -> str:
         return LOCAL_MODEL_NAME
+
+    def take_trouble(self) -> dict[int, int]:
+        return {}
 
     @property
     def dimensions(self) -> int:

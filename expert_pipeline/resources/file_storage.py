@@ -34,6 +34,9 @@ class FileStorage(Protocol):
     def save(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> StoredFile: ...
     def fetch(self, key: str, destination: Path) -> int: ...
     def delete_prefix(self, prefix: str) -> int: ...
+    def take_trouble(self) -> dict[int, int]:
+        """Answers a remote store gave that its SDK retried (status -> count) since the last call."""
+        ...
 
 
 class LocalFileStorage(dg.ConfigurableResource):
@@ -75,6 +78,9 @@ class LocalFileStorage(dg.ConfigurableResource):
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, destination)
         return source.stat().st_size
+
+    def take_trouble(self) -> dict[int, int]:
+        return {}  # a local folder has no one to retry
 
     def delete_prefix(self, prefix: str) -> int:
         path = self._path(prefix.rstrip("/"))

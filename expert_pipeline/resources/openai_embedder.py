@@ -42,6 +42,8 @@ import numpy as np
 import regex
 from pydantic import PrivateAttr
 
+from expert_pipeline.resources.service_trouble import TroubleLog
+
 if TYPE_CHECKING:
     # Importing openai takes ~0.4 s; keep it off the import path of the Dagster code location.
     import openai
@@ -275,6 +277,7 @@ class OpenAIEmbedder(dg.ConfigurableResource):
 
     _client: Any = PrivateAttr(default=None)
     _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _trouble: TroubleLog = PrivateAttr(default_factory=TroubleLog)
 
     # ---- the Embedder interface ------------------------------------------------------------
 
@@ -317,6 +320,10 @@ class OpenAIEmbedder(dg.ConfigurableResource):
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return self.embed_batches(texts)
+
+    def take_trouble(self) -> dict[int, int]:
+        """Retried answers (HTTP status -> count) since the last call."""
+        return self._trouble.take()
 
     # ---- the work ----------------------------------------------------------------------------
 
@@ -420,6 +427,11 @@ class OpenAIEmbedder(dg.ConfigurableResource):
                     base_url=self.base_url,  # None: OPENAI_BASE_URL, else api.openai.com/v1
                     max_retries=self.max_retries,
                     timeout=self.timeout_seconds,
+                    # The SDK's own client settings, plus a hook that sees every answer,
+                    # including the ones the SDK then retries.
+                    http_client=openai.DefaultHttpxClient(
+                        event_hooks={"response": [lambda response: self._trouble.record(response.status_code)]}
+                    ),
                 )
             return self._client
 

@@ -34,6 +34,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from expert_pipeline.resources.file_storage import FileMissing, FileTooLarge, StoredFile
+from expert_pipeline.resources.service_trouble import NO_ANSWER, TroubleLog
 
 __all__ = ["S3FileStorage"]
 
@@ -65,6 +66,7 @@ class S3FileStorage(dg.ConfigurableResource):
 
     _client: Any = PrivateAttr(default=None)
     _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _trouble: TroubleLog = PrivateAttr(default_factory=TroubleLog)
 
     # -- FileStorage ------------------------------------------------------------------------
 
@@ -178,7 +180,20 @@ class S3FileStorage(dg.ConfigurableResource):
                     region_name=self.region_name or None,
                     config=Config(retries=dict(_RETRIES)),
                 )
+                # Every attempt, including the ones botocore retries, passes through here.
+                self._client.meta.events.register("response-received.s3.*", self._note_answer)
             return self._client
+
+    def _note_answer(self, response_dict: dict[str, Any] | None = None, exception: Exception | None = None,
+                     **_: Any) -> None:
+        if response_dict is not None:
+            self._trouble.record(int(response_dict.get("status_code", 0)))
+        elif exception is not None:
+            self._trouble.record(NO_ANSWER)
+
+    def take_trouble(self) -> dict[int, int]:
+        """Retried answers (HTTP status -> count; 0 = no answer) since the last call."""
+        return self._trouble.take()
 
     def _abort_unfinished_uploads(self, object_key: str) -> None:
         """Abort multipart uploads left for `object_key` (s3transfer normally already has)."""
