@@ -15,6 +15,7 @@ from expert_pipeline.core.auth import any_tokens
 from expert_pipeline.core.db import engine_for, migrate
 from expert_pipeline.core.settings import Settings, get_settings
 from expert_pipeline.parts import build_chat_provider, check_parts, log_parts
+from status_api.api.admission import AdmissionLimit
 from status_api.api.errors import install_error_handlers
 from status_api.api.upload_limits import FRAMING_ALLOWANCE_BYTES, RequestSizeLimit
 from status_api.api.routes import experts, health, progress
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         RequestSizeLimit, max_body_bytes=settings.max_upload_total_bytes + FRAMING_ALLOWANCE_BYTES
     )
+    app.add_middleware(AdmissionLimit)
     app.include_router(health.router)
     app.include_router(progress.router)
     app.include_router(experts.router)

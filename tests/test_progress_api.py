@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from expert_pipeline.core.db import make_engine
+from expert_pipeline.core.db import engine_for, make_engine
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from status_api.schemas import EXTRA_PROGRESS_FIELDS
-from tests.conftest import SHARED_DIR
+from expert_pipeline.core.settings import Settings
+from tests.conftest import SHARED_DIR, LiveServer
 
 SPEC_EXAMPLE = json.loads((Path(__file__).parent / "data" / "spec_progress_example.json").read_text())
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
@@ -157,3 +158,20 @@ def test_openapi_documents_the_endpoints(http: httpx.Client) -> None:
         assert path in paths
     assert "delete" in paths["/api/experts/{expert_id}/progress"]
     assert http.get("/docs").status_code == 200
+
+
+def test_many_concurrent_requests_all_succeed(live_api: LiveServer, settings: Settings) -> None:
+    # More requests in flight than worker threads and pooled connections: admission control
+    # queues them on the event loop instead of letting the pool time out (a 503 after 30 s).
+    import asyncio
+
+    with Session(engine_for(settings.resolved_database_url)) as session:
+        ExpertProcessingProgressService(session).create_progress_record(expert_id="busy-expert", total_files=1)
+
+    async def burst() -> list[int]:
+        limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+        async with httpx.AsyncClient(base_url=live_api.url, timeout=60, limits=limits) as client:
+            responses = await asyncio.gather(*[client.get("/api/experts/busy-expert/progress") for _ in range(300)])
+        return [r.status_code for r in responses]
+
+    assert set(asyncio.run(burst())) == {200}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Protocol
 
 from fastapi import Depends, HTTPException, Path, Request
@@ -29,7 +29,9 @@ ExpertId = Annotated[
 ]
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in its
+# thread pool, and each such hop costs more than the work itself.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -37,16 +39,31 @@ def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def get_db(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Session]:
-    with Session(engine, expire_on_commit=False) as session:
+async def _engine_dependency(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+async def get_db(engine: Annotated[Engine, Depends(_engine_dependency)]) -> AsyncIterator[Session]:
+    """A session for the request; the route uses it in a worker thread.
+
+    Opened and closed on the event loop on purpose: a plain generator dependency is closed in a
+    second thread-pool hop after the route, and under load (more requests in flight than pool
+    threads) sessions waiting for that hop hold every connection while the threads that hold
+    them wait for a connection: the API stalls for the pool timeout. Closing here returns the
+    connection as soon as the route is done (closing is a rollback at most).
+    """
+    session = Session(engine, expire_on_commit=False)
+    try:
         yield session
+    finally:
+        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_progress_service(db: SessionDep) -> ExpertProcessingProgressService:
+async def get_progress_service(db: SessionDep) -> ExpertProcessingProgressService:
     return ExpertProcessingProgressService(db)
 
 
