@@ -35,6 +35,8 @@ test-fast: install
 	$(BIN)/pytest -m "not slow and not browser"
 
 bench: install
+	$(BIN)/pip install --quiet -r bench/requirements.txt
+	@command -v wrk >/dev/null || echo "bench/api_load.py needs wrk: apt-get install wrk"
 	$(BIN)/python bench/run_all.py
 
 clean:

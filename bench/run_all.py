@@ -14,11 +14,14 @@ SCRIPTS = [
     ["eta_accuracy.py", "--pages", "80", "--batch", "16"],
     ["upload_latency.py", "--experts", "3"],
     ["sse_latency.py"],
+    ["api_load.py", "--seconds", "5", "--repeat", "2"],
+    ["ingest_profile.py", "--pages", "100"],
 ]
 
 
 def main() -> int:
     failed = []
+    begun = time.monotonic()
     for script, *args in SCRIPTS:
         print(f"\n== {script} {' '.join(args)}", flush=True)
         started = time.monotonic()
@@ -26,6 +29,7 @@ def main() -> int:
         print(f"-- {script}: exit {code} in {time.monotonic() - started:.0f} s", flush=True)
         if code:
             failed.append(script)
+    print(f"\nall benchmarks: {time.monotonic() - begun:.0f} s")
     if failed:
         print(f"failed: {', '.join(failed)}")
     return 1 if failed else 0
