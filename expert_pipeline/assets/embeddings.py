@@ -49,6 +49,9 @@ def expert_embeddings(
             current_batch=0, total_batches=total_batches, current_chunk=0, total_chunks=total_chunks,
         )
         load_seconds = embedder.warm_up()
+        # The ETA covers what is left of the whole ingest: embedding at the measured rate, then
+        # storing vectors, which took this long for recent experts (nothing without history).
+        storage_seconds = catalog.recent_stage_seconds(Stage.PINECONE_STORAGE) or 0.0
         cache = EmbeddingCache(
             catalog.engine, embedder.model_name, embedder.dimensions,
             on_outage_recovered=run.progress.database_recovered,
@@ -80,7 +83,7 @@ def expert_embeddings(
                     overall_percentage(Stage.EMBEDDING, done, total_chunks),
                     current_file=item.filename, current_file_index=index, current_batch=batch,
                     total_batches=total_batches, current_chunk=done, total_chunks=total_chunks,
-                    eta_seconds=rate.eta(total_chunks - done), chunks_per_second=rate.rate,
+                    eta_seconds=_plus(rate.eta(total_chunks - done), storage_seconds), chunks_per_second=rate.rate,
                     details={
                         "filename": item.filename,
                         "batch": f"{batch}/{total_batches}",
@@ -98,6 +101,10 @@ def expert_embeddings(
             chunks_per_second=round(done / encode_seconds, 2) if encode_seconds else 0.0,
         )
     )
+
+
+def _plus(eta: float | None, tail: float) -> float | None:
+    return None if eta is None else eta + tail
 
 
 class _Embedded:

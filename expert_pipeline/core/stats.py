@@ -79,3 +79,25 @@ def ingest_stats(db: Session, since: datetime, expert_ids: Any = None) -> dict[s
         "throughput_chunks_per_second": round(completed_chunks / sum(run_seconds), 2) if run_seconds and sum(run_seconds) else None,
         "failed_files_by_kind": dict(reasons.most_common()),
     }
+
+
+def recent_stage_seconds(db: Session, stage: Stage, experts: int = 20) -> float | None:
+    """The median time the latest runs of the last `experts` completed experts spent in
+    `stage`, or None without history. Used to tell users how long the stages after the one
+    they are watching will take."""
+    P = ExpertProcessingProgress
+    ids = list(db.scalars(
+        select(P.expert_id).where(P.status == Status.COMPLETED).order_by(P.completed_at.desc()).limit(experts)
+    ))
+    if not ids:
+        return None
+    events_by_expert: dict[str, list[ProgressEvent]] = defaultdict(list)
+    for event in db.scalars(select(ProgressEvent).where(ProgressEvent.expert_id.in_(ids)).order_by(ProgressEvent.id)):
+        events_by_expert[event.expert_id].append(event)
+    seconds = []
+    for events in events_by_expert.values():
+        starts = [i for i, e in enumerate(events) if e.message.startswith("Processing started")]
+        spent = stage_durations(events[starts[-1] if starts else 0 :]).get(stage.value)
+        if spent is not None:
+            seconds.append(spent)
+    return _percentiles(seconds)["p50"] if seconds else None

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.db_retry import call_with_db_retry
-from expert_pipeline.core.models import Expert, ExpertFile, FileStatus
+from expert_pipeline.core.models import Expert, ExpertFile, FileStatus, Stage
+from expert_pipeline.core.stats import recent_stage_seconds
 
 
 T = TypeVar("T")
@@ -60,6 +61,10 @@ class ExpertCatalog(dg.ConfigurableResource):
     def set_file(self, file_id: str, **values: Any) -> None:
         statement = update(ExpertFile).where(ExpertFile.id == file_id).values(**values)
         self._run("file update", lambda session: _execute(session, statement))
+
+    def recent_stage_seconds(self, stage: Stage) -> float | None:
+        """Median seconds recent completed experts spent in `stage` (None without history)."""
+        return self._run("stage history", lambda session: recent_stage_seconds(session, stage))
 
     def fail_file(self, file_id: str, kind: str, message: str) -> None:
         self.set_file(file_id, status=FileStatus.FAILED, error_kind=kind, error_message=message)
