@@ -11,11 +11,16 @@ import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from expert_pipeline.text.chunking import Chunk
 from expert_pipeline.text.extraction import PageText
+
+if TYPE_CHECKING:
+    # numpy is imported where embeddings are handled: the extraction worker process imports
+    # this module for `write_pages`, and numpy's BLAS buffers alone would take ~120 MB of its
+    # capped address space.
+    import numpy as np
 
 
 class ExpertWorkArea:
@@ -64,11 +69,15 @@ class ExpertWorkArea:
         return path
 
     def append_embeddings(self, file_id: str, vectors: np.ndarray) -> None:
+        import numpy as np
+
         with open(self.embeddings_path(file_id), "ab") as handle:
             np.asarray(vectors, dtype=np.float32).tofile(handle)
 
     def read_embeddings(self, file_id: str, dimensions: int) -> np.ndarray:
         """A memory map: rows are paged in as they are read, not loaded at once."""
+        import numpy as np
+
         path = self.embeddings_path(file_id)
         if path.stat().st_size == 0:
             return np.zeros((0, dimensions), dtype=np.float32)

@@ -17,7 +17,7 @@ from expert_pipeline.core.settings import Settings, get_settings
 from expert_pipeline.parts import build_chat_provider, check_parts, log_parts
 from status_api.api.admission import AdmissionLimit
 from status_api.api.errors import install_error_handlers
-from status_api.api.upload_limits import FRAMING_ALLOWANCE_BYTES, RequestSizeLimit
+from status_api.api.upload_limits import RequestSizeLimit
 from status_api.api.routes import experts, health, progress
 from status_api.api.routes import chat, stream
 from status_api.dashboard import install_dashboard
@@ -62,9 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine_for(settings.resolved_database_url)
     install_error_handlers(app, max_upload_files=settings.max_upload_files)
-    app.add_middleware(
-        RequestSizeLimit, max_body_bytes=settings.max_upload_total_bytes + FRAMING_ALLOWANCE_BYTES
-    )
+    app.add_middleware(RequestSizeLimit, max_upload_bytes=settings.max_upload_total_bytes)
     app.add_middleware(AdmissionLimit)
     app.include_router(health.router)
     app.include_router(progress.router)

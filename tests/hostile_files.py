@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import zipfile
 import zlib
 from pathlib import Path
@@ -43,10 +44,25 @@ def _one_page(content: bytes, resources: bytes = b"<< /Font << /F1 5 0 R >> >>",
 TEXT = b"BT /F1 12 Tf 72 720 Td (A page with enough words to count as a real document.) Tj ET"
 
 
-def huge_page_count_pdf(path: Path, pages: int = 20_000) -> Path:
-    """Twenty thousand pages in 120 KB: every entry of the page tree is the same page."""
+def huge_page_count_pdf(path: Path, fan_out: int = 400) -> Path:
+    """160,000 pages in 6 KB: a two-level page tree whose every node is the same object."""
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [" + b"3 0 R " * fan_out + b"] /Count %d >>" % (fan_out * fan_out),
+        b"<< /Type /Pages /Parent 2 0 R /Kids [" + b"4 0 R " * fan_out + b"] /Count %d >>" % fan_out,
+        b"<< /Type /Page /Parent 3 0 R /MediaBox [0 0 612 792] /Contents 5 0 R"
+        b" /Resources << /Font << /F1 6 0 R >> >> >>",
+        _stream(TEXT),
+        FONT,
+    ]
+    path.write_bytes(raw_pdf(objects))
+    return path
+
+
+def understated_page_count_pdf(path: Path, pages: int = 150_000) -> Path:
+    """150,000 entries in the page list while /Count claims one page: only reading the list tells."""
     objects = _one_page(_stream(TEXT))
-    objects[1] = b"<< /Type /Pages /Kids [" + b"3 0 R " * pages + b"] /Count %d >>" % pages
+    objects[1] = b"<< /Type /Pages /Kids [" + b"3 0 R " * pages + b"] /Count 1 >>"
     path.write_bytes(raw_pdf(objects))
     return path
 
@@ -55,6 +71,27 @@ def deeply_nested_pdf(path: Path, depth: int = 100_000) -> Path:
     """A content stream whose text operand is nested a hundred thousand arrays deep."""
     content = TEXT + b"\nBT " + b"[" * depth + b"(x)" + b"]" * depth + b" TJ ET"
     path.write_bytes(raw_pdf(_one_page(_stream(content))))
+    return path
+
+
+def deeply_nested_catalog_pdf(path: Path, depth: int = 50_000) -> Path:
+    """The document catalog itself holds arrays fifty thousand deep: reading it recurses."""
+    objects = _one_page(_stream(TEXT))
+    objects[0] = b"<< /Type /Catalog /Pages 2 0 R /Junk " + b"[" * depth + b"]" * depth + b" >>"
+    path.write_bytes(raw_pdf(objects))
+    return path
+
+
+def flate_bomb_pdf(path: Path, megabytes: int = 200) -> Path:
+    """A 200 KB file whose content stream inflates to 200 MB (of spaces after one line of text)."""
+    compressor = zlib.compressobj(6)
+    parts = [compressor.compress(TEXT + b"\n")]
+    block = b" " * (1024 * 1024)
+    parts += [compressor.compress(block) for _ in range(megabytes)]  # streamed: never 200 MB here
+    parts.append(compressor.flush())
+    body = b"".join(parts)
+    content = b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(body) + body + b"\nendstream"
+    path.write_bytes(raw_pdf(_one_page(content)))
     return path
 
 
@@ -69,16 +106,31 @@ def self_drawing_pdf(path: Path) -> Path:
     return path
 
 
-def slow_pdf(path: Path, operators: int = 3_000_000) -> Path:
-    """A few hundred KB on disk whose content stream holds millions of drawing operators."""
-    content = TEXT + b"\n" + b"1 0 0 1 0 0 cm\n" * operators
-    path.write_bytes(raw_pdf(_one_page(_stream(content))))
+def slow_pdf(path: Path, pages: int = 4_000, operators: int = 20_000) -> Path:
+    """25 KB: 4,000 pages (under the page limit) that all share one content stream of 20,000
+    drawing operators. Each page costs about a second to parse here, over an hour in all, and
+    no single stream comes near the parser's own work limits."""
+    objects = _one_page(_stream(TEXT + b"\n" + b"1 0 0 1 0 0 cm\n" * operators))
+    objects[1] = b"<< /Type /Pages /Kids [" + b"3 0 R " * pages + b"] /Count %d >>" % pages
+    path.write_bytes(raw_pdf(objects))
     return path
 
 
 def renamed_binary(path: Path) -> Path:
     """A PNG image given a document's name."""
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64)
+    return path
+
+
+def renamed_program(path: Path) -> Path:
+    """An ELF executable's header and bytes given a document's name."""
+    path.write_bytes(b"\x7fELF\x02\x01\x01\x00" + random.Random(1).randbytes(16 * 1024))
+    return path
+
+
+def random_bytes(path: Path, size: int = 64 * 1024) -> Path:
+    """Noise (the same noise on every run) given a document's name."""
+    path.write_bytes(random.Random(2).randbytes(size))
     return path
 
 

@@ -26,6 +26,10 @@ MAX_FILENAME_CHARS = 180
 # for the ".partial" suffix used while a file is being written.
 MAX_FILENAME_BYTES = 200
 
+# Control characters, and the invisible marks that reorder text on screen: with them,
+# "invoice\u202etxt.pdf" is shown as "invoicefdp.txt".
+_UNSAFE_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f/\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
 
 class UploadRejected(ValueError):
     """The request cannot be accepted; `status_code` is the HTTP status that says why."""
@@ -72,7 +76,7 @@ def safe_filename(raw: str | None) -> str:
     """The name a user sees, made safe to store: no folders, no control characters, bounded."""
     name = unicodedata.normalize("NFC", raw or "")
     name = PurePath(name.replace("\\", "/")).name
-    name = re.sub(r"[\x00-\x1f\x7f/]", "", name).strip().lstrip(".")
+    name = _UNSAFE_NAME_CHARS.sub("", name).strip().lstrip(".")
     if not name:
         raise UploadRejected("every file needs a name")
     if len(name) > MAX_FILENAME_CHARS or len(name.encode()) > MAX_FILENAME_BYTES:

@@ -319,10 +319,20 @@ def _open_docx(path: Path) -> DocxDocument:
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise ExtractionError("corrupt", "damaged Word (.docx) file: cannot be opened") from exc
     except MemoryError:
-        # A compressed document that inflates past the extraction worker's memory cap.
-        raise ExtractionError("too_large", "too large: reading it needed more memory than allowed") from None
+        # A compressed document that inflates past the extraction worker's memory cap: the
+        # worker (isolated_extraction) reports it with its limit, so it must not read as damage.
+        raise
     except Exception as exc:  # noqa: BLE001 - lxml and zip errors vary; all mean "damaged"
+        if _out_of_memory(exc):
+            raise MemoryError("libxml2 could not allocate memory") from exc
         raise ExtractionError("corrupt", f"damaged Word (.docx) file: {exc.__class__.__name__}") from exc
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    # libxml2 reports a refused allocation as a parse error (ERR_NO_MEMORY), not as MemoryError.
+    from lxml import etree
+
+    return isinstance(exc, etree.ParseError) and exc.code == etree.ErrorTypes.ERR_NO_MEMORY
 
 
 def _table_text(table: Table) -> str:
@@ -413,7 +423,7 @@ def _pdf_pages(path: Path, max_pages: int, warnings: _WarningSink, filename: str
 
 
 def _read_pdf(handle: IO[bytes], max_pages: int, warnings: _WarningSink) -> Iterator[PageText]:
-    reader, page_count = _open_pdf(handle, warnings)
+    reader, page_count = _open_pdf(handle, warnings, max_pages)
     if page_count > max_pages:
         raise ExtractionError("too_large", f"too large: {page_count} pages (the limit is {max_pages})")
     characters = 0
@@ -429,13 +439,47 @@ def _read_pdf(handle: IO[bytes], max_pages: int, warnings: _WarningSink) -> Iter
         raise ExtractionError("no_text", NO_TEXT_PDF_MESSAGE)
 
 
-def _open_pdf(handle: IO[bytes], warnings: _WarningSink) -> tuple[PdfReader, int]:
+_NESTED_TOO_DEEPLY: Final = "its structure is nested too deeply to read"
+
+
+def _beyond_reader_limits(exc: Exception, where: str = "") -> ExtractionError:
+    # pypdf stops on its own safety limits (a stream inflating past 75 MB, a page tree of more
+    # than 100,000 entries, huge arrays): the file is too big to read safely, not damaged.
+    return ExtractionError("too_large", f"too large: {where}beyond the PDF reader's safety limits ({exc})")
+
+
+def _unreadable_page_list(exc: Exception) -> ExtractionError:
+    from pypdf.errors import LimitReachedError
+
+    if isinstance(exc, LimitReachedError):
+        return _beyond_reader_limits(exc)
+    # pypdf wraps the RecursionError of a deeply nested object in its own read error.
+    if isinstance(exc, RecursionError) or isinstance(exc.__context__, RecursionError):
+        return ExtractionError("corrupt", f"damaged PDF: {_NESTED_TOO_DEEPLY}")
+    return ExtractionError("corrupt", f"damaged PDF: cannot read its page list ({exc})")
+
+
+def _declared_page_count(reader: PdfReader) -> int | None:
+    """The page tree's own /Count, read without walking the tree (the page list does that)."""
+    from pypdf.generic import DictionaryObject
+
+    pages = reader.root_object.get("/Pages")
+    pages = pages.get_object() if pages is not None else None
+    count = pages.get("/Count") if isinstance(pages, DictionaryObject) else None
+    return int(count) if isinstance(count, int) else None
+
+
+def _open_pdf(handle: IO[bytes], warnings: _WarningSink, max_pages: int) -> tuple[PdfReader, int]:
     from pypdf import PasswordType, PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import LimitReachedError, PdfReadError
 
     with _collect_pypdf_logs(warnings):
         try:
             reader = PdfReader(handle, strict=False)
+        except MemoryError:
+            raise
+        except LimitReachedError as exc:
+            raise _beyond_reader_limits(exc) from exc
         except PdfReadError as exc:
             raise ExtractionError("corrupt", f"damaged PDF: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - malformed files surface as any exception type
@@ -451,9 +495,18 @@ def _open_pdf(handle: IO[bytes], warnings: _WarningSink) -> tuple[PdfReader, int
                     "encrypted", "password-protected PDF: cannot be read without its password"
                 )
         try:
+            # Walking a page tree of 100,000+ entries takes seconds; a file that says it is
+            # far beyond the limit is refused on its word.
+            declared = _declared_page_count(reader)
+            if declared is not None and declared > max_pages:
+                raise ExtractionError("too_large", f"too large: {declared} pages (the limit is {max_pages})")
             page_count = len(reader.pages)
-        except Exception as exc:  # noqa: BLE001
-            raise ExtractionError("corrupt", f"damaged PDF: cannot read its page list ({exc})") from exc
+        except (MemoryError, ExtractionError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any error here means the page list is unreadable
+            # Reported at the first failure: pypdf remembers a half-read object and would call
+            # the next attempt to read it a loop.
+            raise _unreadable_page_list(exc) from exc
     if page_count == 0:
         raise ExtractionError("corrupt", "damaged PDF: it has no pages")
     return reader, page_count
@@ -461,11 +514,18 @@ def _open_pdf(handle: IO[bytes], warnings: _WarningSink) -> tuple[PdfReader, int
 
 def _pdf_page_text(reader: PdfReader, number: int, warnings: _WarningSink, unreadable: list[str]) -> str:
     """One page's normalised text; a page pypdf cannot parse counts as blank, not fatal."""
+    from pypdf.errors import LimitReachedError
+
     with _collect_pypdf_logs(warnings):
         try:
             raw = reader.pages[number - 1].extract_text()
+        except MemoryError:
+            raise
+        except LimitReachedError as exc:
+            raise _beyond_reader_limits(exc, f"page {number} is ") from exc
         except Exception as exc:  # noqa: BLE001 - one broken page must not lose the others
-            reason = f"page {number}: {exc.__class__.__name__}: {exc}"
+            nested = isinstance(exc, RecursionError)
+            reason = f"page {number}: " + (_NESTED_TOO_DEEPLY if nested else f"{exc.__class__.__name__}: {exc}")
             warnings.add(reason)
             unreadable.append(reason)
             return ""

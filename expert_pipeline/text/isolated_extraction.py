@@ -8,7 +8,9 @@ each file is extracted in a worker process (pebble) whose address space is cappe
 reason, the worker is replaced, and the expert's other files go on.
 
 The worker is started once per run (spawn, so it imports only this module and the parsers,
-never torch) and reused for every file, so the isolation costs well under a second per run.
+never torch or numpy) and reused for every file, so the isolation costs well under a second
+per run. The memory cap is on the worker's whole address space, of which the interpreter and
+the parsers take about 80 MB.
 """
 
 from __future__ import annotations
@@ -41,18 +43,25 @@ class Extracted:
 def _cap_memory(memory_mb: int) -> None:
     limit = memory_mb * 1024 * 1024
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard if hard != resource.RLIM_INFINITY and hard < limit else limit))
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)  # a soft limit above the hard one is refused
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def _extract_to_work_area(work_dir: str, expert_id: str, file_id: str, source: str, filename: str) -> Extracted:
+def _extract_to_work_area(
+    work_dir: str, expert_id: str, file_id: str, source: str, filename: str, memory_mb: int
+) -> Extracted:
     work = ExpertWorkArea(Path(work_dir), expert_id)
     try:
         pages, characters = work.write_pages(file_id, extract_pages(Path(source), filename))
     except MemoryError:
-        # Raised inside the worker when the cap is hit; the parent reports it as too large.
-        raise ExtractionError("too_large", "too large: extraction needed more memory than allowed") from None
+        # An allocation refused by the cap: the parser's objects are gone once this unwinds,
+        # so the same worker can take the next file.
+        raise ExtractionError(
+            "too_large", f"too large: extraction needed more than {memory_mb} MB of memory"
+        ) from None
     except RecursionError:
-        raise ExtractionError("corrupt", "damaged or hostile file: structure nested too deeply") from None
+        raise ExtractionError("corrupt", "damaged file: its structure is nested too deeply to read") from None
     return Extracted(pages=pages, characters=characters)
 
 
@@ -86,16 +95,27 @@ class IsolatedExtractor:
         assert self._pool is not None, "use IsolatedExtractor as a context manager"
         future = self._pool.schedule(
             _extract_to_work_area,
-            args=(str(self.work.dir.parent), self.work.dir.name, file_id, str(source), filename),
+            args=(
+                str(self.work.dir.parent), self.work.dir.name, file_id, str(source), filename, self.limits.memory_mb
+            ),
             timeout=self.limits.timeout_seconds,
         )
         try:
             return future.result()
         except FutureTimeout:
             # pebble has killed the worker; a fresh one takes the next file.
+            self._discard_partial(file_id)
             raise ExtractionError(
                 "too_large", f"too large or too complex: extraction took longer than {self.limits.timeout_seconds:g} s"
             ) from None
         except ProcessExpired as exc:
-            # Killed from outside the cap's reach (the kernel's OOM killer, a parser crash).
-            raise ExtractionError("too_large", f"extraction stopped: the worker died ({exc})") from None
+            # Killed from outside the cap's reach (the kernel's OOM killer, a parser crash in C).
+            self._discard_partial(file_id)
+            raise ExtractionError(
+                "too_large", f"too large or too complex: the extraction worker died reading it (exit code {exc.exitcode})"
+            ) from None
+
+    def _discard_partial(self, file_id: str) -> None:
+        # A killed worker never reaches the cleanup of the page file it was writing.
+        text = self.work.text_path(file_id)
+        text.with_suffix(text.suffix + ".partial").unlink(missing_ok=True)

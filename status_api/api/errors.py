@@ -26,11 +26,20 @@ def error_response(
     )
 
 
+# A multipart part without a filename (or with only the RFC 2231 `filename*` form, which the
+# parser does not read) arrives as a text field; pydantic's own words for that name a Python class.
+_NOT_A_FILE = "Expected UploadFile"
+_NOT_A_FILE_MESSAGE = "not a file: every part named 'files' needs a filename in its Content-Disposition"
+
+
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
-        parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+        message = str(err.get("msg", "invalid"))
+        if _NOT_A_FILE in message:
+            message = _NOT_A_FILE_MESSAGE
+        parts.append(f"{where or 'request'}: {message}")
     return "; ".join(parts) or "invalid request"
 
 

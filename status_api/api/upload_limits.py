@@ -23,9 +23,13 @@ FRAMING_ALLOWANCE_BYTES = 1024 * 1024
 
 
 class RequestSizeLimit:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    """413 for a body over `max_upload_bytes` plus the framing allowance; the message names the
+    upload limit the user knows (MAX_UPLOAD_TOTAL_BYTES), not the allowance added to it."""
+
+    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.max_body_bytes = max_upload_bytes + FRAMING_ALLOWANCE_BYTES
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -65,10 +69,9 @@ class RequestSizeLimit:
         await self.app(scope, limited_receive, guarded_send)
 
     async def _reject(self, send: Send) -> None:
-        megabytes = self.max_body_bytes / (1024 * 1024)
-        body = json.dumps(
-            {"success": False, "error": f"request too large: uploads are limited to {megabytes:.0f} MB in all"}
-        ).encode()
+        megabytes = self.max_upload_bytes / (1024 * 1024)
+        message = f"request too large: uploads are limited to {megabytes:.4g} MB in all"
+        body = json.dumps({"success": False, "error": message}).encode()
         await send({
             "type": "http.response.start",
             "status": 413,
