@@ -8,7 +8,10 @@ quoting the last user message.
 
 It records every request (`.requests`), checks the bearer token, can hold each embeddings request
 for `delay` seconds (to make concurrency observable; `.max_in_flight`), and can be told to answer
-the next N requests with an error status (`fail_next`), optionally with a `Retry-After` header.
+with an error status, optionally with a `Retry-After` header: the next N requests (`fail_next`),
+the first attempt of each of the next N calls, whose SDK retry then succeeds
+(`fail_first_attempts`), or every request once N embeddings requests have been answered
+(`outage_after`), until `recover()`.
 
 Fixtures: `openai_standin` (a running server) and `openai_embedder` (an OpenAIEmbedder pointed at
 it, api_key "test-key", few retries, short timeout).
@@ -87,6 +90,8 @@ class OpenAIStandin:
     max_in_flight: int = 0
     _in_flight: int = 0
     _failures: deque[tuple[int, float | None]] = field(default_factory=deque)
+    _first_attempt_failures: deque[tuple[int, float | None]] = field(default_factory=deque)
+    _outage: tuple[int, int, float | None] | None = None  # (after N answered, status, retry_after)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _http: ThreadedServer | None = None
     port: int = 0
@@ -103,10 +108,23 @@ class OpenAIStandin:
         with self._lock:
             self._failures.extend([(status, retry_after)] * n)
 
+    def fail_first_attempts(self, n: int, status: int, retry_after: float | None = None) -> None:
+        """Answer the first attempt (x-stainless-retry-count 0) of each of the next `n` calls with
+        `status`: trouble that recurs call after call, each time ridden out by one retry."""
+        with self._lock:
+            self._first_attempt_failures.extend([(status, retry_after)] * n)
+
+    def outage_after(self, answered: int, status: int, retry_after: float | None = None) -> None:
+        """Once `answered` embeddings requests have had vectors, answer every request with `status`."""
+        with self._lock:
+            self._outage = (answered, status, retry_after)
+
     def recover(self) -> None:
-        """Forget the failures still queued: the provider is healthy again."""
+        """Forget the failures still queued and end any outage: the provider is healthy again."""
         with self._lock:
             self._failures.clear()
+            self._first_attempt_failures.clear()
+            self._outage = None
 
     @property
     def embedding_requests(self) -> list[RecordedRequest]:
@@ -131,7 +149,7 @@ class OpenAIStandin:
         record = RecordedRequest(request.url.path, body, {k.lower(): v for k, v in request.headers.items()})
         with self._lock:
             self.requests.append(record)
-            failure = self._failures.popleft() if self._failures else None
+            failure = self._failure_for(record)
         if failure is not None:
             status, retry_after = failure
             headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else None
@@ -140,6 +158,19 @@ class OpenAIStandin:
         if record.headers.get("authorization") != f"Bearer {self.api_key}":
             return record, _error(401, "Incorrect API key provided.", "invalid_request_error")
         return record, None
+
+    def _failure_for(self, record: RecordedRequest) -> tuple[int, float | None] | None:
+        """The failure to answer `record` with, if any (called holding the lock)."""
+        if self._outage is not None:
+            answered, status, retry_after = self._outage
+            done = sum(1 for r in self.requests if r.path == "/v1/embeddings" and r.status == 200)
+            if done >= answered:
+                return status, retry_after
+        if self._failures:
+            return self._failures.popleft()
+        if self._first_attempt_failures and record.retry_count == 0:
+            return self._first_attempt_failures.popleft()
+        return None
 
     def _app(self) -> FastAPI:
         app = FastAPI()

@@ -11,8 +11,9 @@
 * `s3_storage`: an `S3FileStorage` for that bucket on the moto server.
 * `s3_proxy`: a `FaultProxy` in front of the moto server. Point a storage at `s3_proxy.url`;
   `s3_proxy.fail_next(2, status=503)` answers the next 2 requests with S3's SlowDown error (500:
-  InternalError) instead of forwarding them. `s3_proxy.log` records every request's method,
-  path, status and body size.
+  InternalError) instead of forwarding them (`method="GET"`: the next 2 GETs);
+  `fail_reads_of(fragment)` fails every GET/HEAD of matching paths until `heal()`.
+  `s3_proxy.log` records every request's method, path, status and body size.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class FaultProxy:
         parts = urlsplit(upstream)
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._lock = threading.Lock()
-        self._pending_failures: list[int] = []
+        self._pending_failures: list[tuple[int, str | None]] = []  # (status, only this method)
         self._failing_reads: dict[str, int] = {}
         self.log: list[ProxiedRequest] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -73,10 +74,11 @@ class FaultProxy:
         )
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def fail_next(self, count: int, status: int = 503) -> None:
-        """Answer the next `count` requests with `status` and S3's error body for it."""
+    def fail_next(self, count: int, status: int = 503, method: str | None = None) -> None:
+        """Answer the next `count` requests (of `method`, if given) with `status` and S3's error
+        body for it."""
         with self._lock:
-            self._pending_failures.extend([status] * count)
+            self._pending_failures.extend([(status, method)] * count)
 
     def fail_reads_of(self, fragment: str, status: int = 503) -> None:
         """Answer every GET/HEAD whose path contains `fragment` with `status`, until `heal()`."""
@@ -108,7 +110,11 @@ class FaultProxy:
                 for fragment, status in self._failing_reads.items():
                     if fragment in path:
                         return status
-            return self._pending_failures.pop(0) if self._pending_failures else None
+            for i, (status, only) in enumerate(self._pending_failures):
+                if only is None or only == method:
+                    del self._pending_failures[i]
+                    return status
+            return None
 
     def _record(self, request: ProxiedRequest) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ from expert_pipeline.resources.openai_embedder import (
     MIN_TOKENS_PER_PARALLEL_REQUEST,
     OpenAIEmbedder,
     OpenAIEmbeddingError,
+    OpenAIProviderUnavailable,
     estimate_tokens,
     plan_requests,
 )
@@ -237,13 +238,38 @@ def test_a_server_that_keeps_failing_gives_a_clear_error_after_max_retries(
     assert len(openai_standin.requests) == 3  # the first try and max_retries=2 retries
 
 
+def test_retried_answers_are_counted_for_the_history_and_an_outage_says_what_it_answered(
+    openai_standin: OpenAIStandin, openai_embedder: OpenAIEmbedder
+) -> None:
+    openai_standin.fail_next(1, 429, retry_after=0.01)
+    openai_standin.fail_next(1, 503, retry_after=0.01)
+    openai_embedder.embed(["alpha"])
+    assert openai_embedder.take_trouble() == {429: 1, 503: 1}  # seen although the SDK hid them
+    assert openai_embedder.take_trouble() == {}
+
+    openai_standin.fail_next(10, 500, retry_after=0.01)
+    with pytest.raises(OpenAIProviderUnavailable) as caught:
+        openai_embedder.embed(["beta"])
+    assert (caught.value.status, caught.value.attempts) == (500, 3)
+    assert caught.value.answer == "answered 500 (server error) on all 3 attempts"
+    assert openai_embedder.take_trouble() == {500: 3}
+
+    # A Retry-After beyond what the SDK will wait (2 minutes) makes it give up without retrying.
+    openai_standin.recover()
+    openai_standin.fail_next(1, 429, retry_after=1000)
+    with pytest.raises(OpenAIProviderUnavailable, match=r"\(not retried\): HTTP 429") as caught:
+        openai_embedder.embed(["gamma"])
+    assert caught.value.answer == "answered 429 (rate limited)"
+
+
 def test_a_wrong_api_key_fails_at_once_with_the_status(
     openai_standin: OpenAIStandin
 ) -> None:
     embedder = embedder_for(openai_standin, api_key="wrong-key")
 
-    with pytest.raises(OpenAIEmbeddingError, match=r"\(not retried\): HTTP 401"):
+    with pytest.raises(OpenAIEmbeddingError, match=r"\(not retried\): HTTP 401") as caught:
         embedder.embed(["alpha"])
+    assert not isinstance(caught.value, OpenAIProviderUnavailable)  # a refusal, not an outage
 
     (request,) = openai_standin.requests
     assert request.headers["authorization"] == "Bearer wrong-key"

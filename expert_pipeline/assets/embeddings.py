@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 
 from expert_pipeline.assets.chunks import expert_chunks
-from expert_pipeline.assets.context import stage_run
+from expert_pipeline.assets.context import StageRun, stage_run
 from expert_pipeline.core.models import FileStatus, Stage
 from expert_pipeline.partitions import experts
 from expert_pipeline.core.embedding_cache import EmbeddingCache
@@ -16,8 +16,8 @@ from expert_pipeline.progress_plan import RateEstimator, overall_percentage
 from expert_pipeline.resources.embedder import Embedder
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings
-from expert_pipeline.resources.progress_reporter import ProgressReporter
-from expert_pipeline.resources.service_trouble import describe
+from expert_pipeline.resources.progress_reporter import IngestFailed, ProgressReporter
+from expert_pipeline.resources.service_trouble import ServiceUnavailable, TroubleEpisodes, TroubleReport
 
 
 @dg.asset(
@@ -60,6 +60,7 @@ def expert_embeddings(
         rate.observe(time.monotonic(), 0)
         encode_seconds = 0.0
         from_cache = 0
+        episodes = TroubleEpisodes("embedding provider", "batches")
         for index, item, _ in todo:
             run.work.start_embeddings(item.id)
             chunk_iter = run.work.read_chunks(item.id)
@@ -67,12 +68,19 @@ def expert_embeddings(
                 started = run.seconds()
                 try:
                     vectors = _embed_with_cache(embedder, cache, texts)
-                finally:
-                    if trouble := embedder.take_trouble():
-                        run.progress.event(
-                            describe("embedding provider", trouble),
-                            {"kind": "provider_retries", "statuses": {str(k): v for k, v in trouble.items()}},
-                        )
+                except ServiceUnavailable as exc:
+                    _note(run, episodes.after_step(embedder.take_trouble(), failed=True))
+                    # The detail (endpoint, request) stays in the run's log; users get what happened
+                    # and that a retry will not pay again for the chunks already embedded (cached).
+                    context.log.error(str(exc))
+                    raise IngestFailed(
+                        f"Embedding failed: the {exc.service} {exc.answer}. {done} of {total_chunks} "
+                        "chunks were embedded and are kept; retry to embed the rest"
+                    ) from exc
+                except BaseException:
+                    _note(run, episodes.after_step(embedder.take_trouble(), failed=True))
+                    raise
+                _note(run, episodes.after_step(embedder.take_trouble()))
                 from_cache += len(texts) - vectors.fresh
                 encode_seconds += run.seconds() - started
                 run.work.append_embeddings(item.id, vectors.array)
@@ -93,6 +101,7 @@ def expert_embeddings(
                 )
             processed += 1
             run.progress.update(overall_percentage(Stage.EMBEDDING, done, total_chunks), processed_files=processed)
+        _note(run, episodes.close())
     return dg.MaterializeResult(
         metadata=run.metadata(
             chunks=done, batches=batch, model=embedder.model_name, dimensions=embedder.dimensions,
@@ -101,6 +110,11 @@ def expert_embeddings(
             chunks_per_second=round(done / encode_seconds, 2) if encode_seconds else 0.0,
         )
     )
+
+
+def _note(run: StageRun, report: TroubleReport | None) -> None:
+    if report is not None:
+        run.progress.event(report.message, report.data("provider_retries"))
 
 
 def _plus(eta: float | None, tail: float) -> float | None:

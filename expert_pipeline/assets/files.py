@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from expert_pipeline.assets.context import stage_run
+from expert_pipeline.assets.context import StageRun, stage_run
 from expert_pipeline.core.models import FileStatus, Stage
 from expert_pipeline.partitions import experts
 from expert_pipeline.progress_plan import overall_percentage
@@ -10,7 +10,7 @@ from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.file_storage import FileStorage
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.progress_reporter import IngestFailed, ProgressReporter
-from expert_pipeline.resources.service_trouble import describe
+from expert_pipeline.resources.service_trouble import ServiceUnavailable, TroubleEpisodes, TroubleReport
 
 
 @dg.asset(
@@ -42,28 +42,37 @@ def expert_files(
             Stage.FILE_PROCESSING, 0.0, "Fetching files", total_files=len(files), processed_files=indexed
         )
         fetched_bytes = failed = 0
+        episodes = TroubleEpisodes("file storage", "files")
         for index, item in enumerate(files):
             if item.status == FileStatus.INDEXED:
                 continue  # indexed by an earlier run; its vectors are in place
             try:
                 fetched_bytes += file_storage.fetch(item.storage_key, run.work.fetched_path(item.id, item.filename))
             except Exception as exc:  # noqa: BLE001 - one unreachable file must not stop the others
+                # What storage answered comes first in the history, then what it meant for the file.
+                _note(run, episodes.after_step(file_storage.take_trouble(), failed=True), item.filename)
                 failed += 1
-                reason = f"could not be fetched from storage: {exc}"
+                why = f"it {exc.answer}" if isinstance(exc, ServiceUnavailable) else str(exc)
+                reason = f"could not be fetched from storage: {why}"
                 catalog.fail_file(item.id, "fetch_failed", reason)
                 run.progress.event(f"{item.filename} failed: {reason}", {"filename": item.filename, "kind": "fetch_failed"})
-            finally:
-                if trouble := file_storage.take_trouble():
-                    run.progress.event(
-                        f"{describe('file storage', trouble)} (fetching {item.filename})",
-                        {"kind": "storage_retries", "filename": item.filename,
-                         "statuses": {str(k): v for k, v in trouble.items()}},
-                    )
+            else:
+                _note(run, episodes.after_step(file_storage.take_trouble()), item.filename)
             run.progress.update(
                 overall_percentage(Stage.FILE_PROCESSING, index + 1, len(files)),
                 current_file=item.filename, current_file_index=index, failed_files=failed,
                 details={"filename": item.filename},
             )
+        _note(run, episodes.close(), None)
     return dg.MaterializeResult(
         metadata=run.metadata(files=len(files), already_indexed=indexed, bytes=fetched_bytes, failed_files=failed)
     )
+
+
+def _note(run: StageRun, report: TroubleReport | None, filename: str | None) -> None:
+    if report is None:
+        return
+    # A one-file episode names its file; a longer one spans several, counted in the message.
+    filename = filename if report.steps == 1 else None
+    where = f" (fetching {filename})" if filename else ""
+    run.progress.event(report.message + where, report.data("storage_retries", filename=filename))

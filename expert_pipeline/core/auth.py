@@ -73,8 +73,13 @@ def authenticate(db: Session, token: str | None) -> Principal | None:
     return Principal(owner=row.owner, operator=bool(row.operator))
 
 
+# Built once: local mode asks this on every request, and building and keying a statement
+# costs more than SQLite takes to answer it.
+_ANY_TOKEN = select(ApiToken.id).limit(1)
+
+
 def any_tokens(db: Session) -> bool:
-    return db.scalar(select(ApiToken.id).limit(1)) is not None
+    return db.scalar(_ANY_TOKEN) is not None
 
 
 def list_tokens(db: Session) -> list[ApiToken]:

@@ -42,7 +42,7 @@ import numpy as np
 import regex
 from pydantic import PrivateAttr
 
-from expert_pipeline.resources.service_trouble import TroubleLog
+from expert_pipeline.resources.service_trouble import NO_ANSWER, ServiceUnavailable, TroubleLog
 
 if TYPE_CHECKING:
     # Importing openai takes ~0.4 s; keep it off the import path of the Dagster code location.
@@ -56,6 +56,7 @@ __all__ = [
     "MAX_TOKENS_PER_REQUEST",
     "OpenAIEmbedder",
     "OpenAIEmbeddingError",
+    "OpenAIProviderUnavailable",
     "TokenCounter",
     "estimate_tokens",
     "plan_requests",
@@ -89,6 +90,11 @@ MODELS_WITH_DIMENSIONS_PARAMETER = frozenset({"text-embedding-3-small", "text-em
 
 class OpenAIEmbeddingError(RuntimeError):
     """An embeddings request failed for good (after the SDK's retries, where it retries)."""
+
+
+class OpenAIProviderUnavailable(ServiceUnavailable, OpenAIEmbeddingError):
+    """The provider still answered 429/5xx (or nothing) when the SDK stopped retrying: worth
+    retrying later, unlike a refused key or a bad request."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,18 +453,25 @@ class OpenAIEmbedder(dg.ConfigurableResource):
             response = client.embeddings.create(model=self.model, input=texts, **extra)
         except openai.APIError as exc:
             where = self.base_url or "the OpenAI API"
-            retried = isinstance(exc, openai.APIConnectionError) or (
+            transient = isinstance(exc, openai.APIConnectionError) or (
                 isinstance(exc, openai.APIStatusError)
                 and (exc.status_code in (408, 409, 429) or exc.status_code >= 500)
             )
             status = (
                 f"HTTP {exc.status_code}" if isinstance(exc, openai.APIStatusError) else type(exc).__name__
             )
-            attempts = f"after {self.max_retries} retries" if retried else "(not retried)"
-            raise OpenAIEmbeddingError(
+            retries = _retries_taken(exc)
+            attempts = f"after {retries} retries" if retries else "(not retried)"
+            detail = (
                 f"embedding request {k + 1} of {n} ({len(texts)} texts, model {self.model}) to "
                 f"{where} failed {attempts}: {status}: {exc}"
-            ) from exc
+            )
+            if transient:
+                code = exc.status_code if isinstance(exc, openai.APIStatusError) else NO_ANSWER
+                raise OpenAIProviderUnavailable(
+                    detail, service="embedding provider", status=code, attempts=retries + 1
+                ) from exc
+            raise OpenAIEmbeddingError(detail) from exc
 
         vectors: list[Any] = [None] * len(texts)
         for item in response.data:
@@ -485,6 +498,16 @@ class OpenAIEmbedder(dg.ConfigurableResource):
             raise OpenAIEmbeddingError(f"{self.model} returned a zero or non-finite vector")
         # The API already returns unit vectors; dividing again is cheap and makes it a promise.
         return (matrix / norms).tolist()
+
+
+def _retries_taken(exc: Exception) -> int:
+    """How many times the SDK retried before giving up: the x-stainless-retry-count it put on
+    the last attempt (a long Retry-After, for one, makes it give up without retrying)."""
+    request = getattr(exc, "request", None)
+    try:
+        return int(request.headers.get("x-stainless-retry-count", "0")) if request is not None else 0
+    except (TypeError, ValueError):
+        return 0
 
 
 if TYPE_CHECKING:

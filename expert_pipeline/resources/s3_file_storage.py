@@ -13,8 +13,10 @@ the endpoint can be given here or through AWS_ENDPOINT_URL, which boto3 honours 
   breaks the running hash. A failed upload never completes, so it leaves no object behind, and
   s3transfer aborts an unfinished multipart upload (`save` checks for one anyway).
 * Transient failures (5xx, SlowDown and other throttling, connection errors) are retried by
-  botocore's "standard" retry mode, up to 5 attempts per request. Upload bodies are in-memory
-  parts, so botocore can rewind and resend them.
+  botocore's "standard" retry mode: 5 retries, so up to 6 attempts per request. Upload bodies are
+  in-memory parts, so botocore can rewind and resend them. Every answer, retried ones included,
+  is counted through botocore's `response-received` event (`take_trouble`), and a fetch that
+  still fails when the retries run out raises `ServiceUnavailable`, saying what S3 answered.
 * `fetch` raises `FileMissing` for a missing object (404 / NoSuchKey). `download_file` starts
   with a HeadObject, whose bare 404 cannot tell a missing bucket from a missing key, so a missing
   bucket also reads as `FileMissing` (the message names the bucket). Without s3:ListBucket
@@ -34,7 +36,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from expert_pipeline.resources.file_storage import FileMissing, FileTooLarge, StoredFile
-from expert_pipeline.resources.service_trouble import NO_ANSWER, TroubleLog
+from expert_pipeline.resources.service_trouble import NO_ANSWER, ServiceUnavailable, TroubleLog
 
 __all__ = ["S3FileStorage"]
 
@@ -48,8 +50,11 @@ _SOURCE_READ_BYTES = 1 * _MiB
 _PART_BYTES = 8 * _MiB
 # DeleteObjects takes at most 1,000 keys per request.
 _DELETE_BATCH = 1000
-_RETRIES = {"mode": "standard", "max_attempts": 5}
+_RETRIES = {"mode": "standard", "max_attempts": 5}  # botocore's max_attempts counts retries only
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+# Throttling answers that are not 5xx (S3 itself throttles with 503 SlowDown).
+_THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+                               "TooManyRequestsException", "RequestThrottled"})
 
 
 class S3FileStorage(dg.ConfigurableResource):
@@ -83,11 +88,13 @@ class S3FileStorage(dg.ConfigurableResource):
         return StoredFile(key=key, size_bytes=reader.size, sha256=reader.hexdigest())
 
     def fetch(self, key: str, destination: Path) -> int:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
         object_key = self._object_key(key)
         destination = Path(destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
+        where = f"s3://{self.bucket}/{object_key}"
         try:
             # Streams to a temporary file next to `destination` and renames it into place, so a
             # failed download never leaves a partial file under the destination's name.
@@ -95,10 +102,20 @@ class S3FileStorage(dg.ConfigurableResource):
                 self.bucket, object_key, str(destination), Config=_transfer_config()
             )
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code")) not in _NOT_FOUND_CODES:
-                raise
-            raise FileMissing(
-                f"stored file is missing: {key} (s3://{self.bucket}/{object_key})"
+            code = str(exc.response.get("Error", {}).get("Code"))
+            if code in _NOT_FOUND_CODES:
+                raise FileMissing(f"stored file is missing: {key} ({where})") from exc
+            meta = exc.response.get("ResponseMetadata", {})
+            status = int(meta.get("HTTPStatusCode") or 0)
+            if status >= 500 or status == 429 or code in _THROTTLING_CODES:
+                raise ServiceUnavailable(
+                    f"fetching {where}: {exc}", service="file storage", status=status,
+                    attempts=int(meta.get("RetryAttempts") or 0) + 1,
+                ) from exc
+            raise
+        except (BotocoreConnectionError, HTTPClientError) as exc:  # refused, reset, timed out
+            raise ServiceUnavailable(
+                f"fetching {where}: {exc}", service="file storage", status=NO_ANSWER, attempts=1
             ) from exc
         return destination.stat().st_size
 

@@ -113,23 +113,29 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-def _principal(request: Request, token: str | None) -> Principal:
-    """Local mode (no token in the database) lets everyone in as an operator; otherwise the
-    token must be known. The session is opened and closed here, so a long stream does not keep
-    a connection checked out."""
-    with Session(get_engine(request), expire_on_commit=False) as session:
-        if token is None:
-            if not auth.any_tokens(session):
-                return LOCAL_PRINCIPAL
-            raise _unauthorized("Sign in: this API needs an API token (Authorization: Bearer <token>).")
-        principal = auth.authenticate(session, token) if token else None
-        if principal is not None:
-            return principal
+def resolve_principal(session: Session, token: str | None) -> Principal:
+    """The caller for `token` (from `_bearer`), or 401. Local mode (no token in the database)
+    lets everyone in as an operator; otherwise the token must be known. Blocking: call it in a
+    worker thread."""
+    if token is None:
         if not auth.any_tokens(session):
-            return LOCAL_PRINCIPAL  # local mode: a stale token in the browser is not an error
-        if token == MALFORMED:
-            raise _unauthorized("The Authorization header must be 'Bearer <token>'.")
-        raise _unauthorized("The API token is not valid.")
+            return LOCAL_PRINCIPAL
+        raise _unauthorized("Sign in: this API needs an API token (Authorization: Bearer <token>).")
+    principal = auth.authenticate(session, token) if token else None
+    if principal is not None:
+        return principal
+    if not auth.any_tokens(session):
+        return LOCAL_PRINCIPAL  # local mode: a stale token in the browser is not an error
+    if token == MALFORMED:
+        raise _unauthorized("The Authorization header must be 'Bearer <token>'.")
+    raise _unauthorized("The API token is not valid.")
+
+
+def _principal(request: Request, token: str | None) -> Principal:
+    """`resolve_principal` in a session of its own, opened and closed here, so a long stream
+    does not keep a connection checked out."""
+    with Session(get_engine(request), expire_on_commit=False) as session:
+        return resolve_principal(session, token)
 
 
 def get_principal(request: Request) -> Principal:
