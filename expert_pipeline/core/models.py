@@ -97,6 +97,33 @@ class ApiToken(Base):
     operator: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column()
+    # None: never expires. A revoked token is kept (so its streams can be told) but never accepted.
+    expires_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    # Where completion and failure mail for this owner's experts goes (optional).
+    email: Mapped[str | None] = mapped_column(String(320))
+
+
+class StreamTicket(Base):
+    """A short-lived, single-use ticket for opening a live stream (EventSource cannot send an
+    Authorization header, and a token in a URL ends up in logs). Stored as its SHA-256."""
+
+    __tablename__ = "stream_tickets"
+
+    ticket_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str | None] = mapped_column(String(64))  # None: issued in local mode
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class PipelineHeartbeat(Base):
+    """Proof of life from the pipeline side (e.g. the pending-experts sensor each tick), so the
+    API can say why a pending expert is not moving without importing Dagster."""
+
+    __tablename__ = "pipeline_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column()
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class ExpertFile(Base):
