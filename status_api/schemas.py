@@ -115,6 +115,10 @@ class ExpertOut(BaseModel):
 
 class ExpertWithProgress(ExpertOut):
     progress: ProgressRecord | None
+    ready: bool = Field(
+        default=False,
+        description="Chat answers: not being processed, and at least one file indexed (progress row or not)",
+    )
 
 
 class ExpertCreatedResponse(BaseModel):

@@ -158,3 +158,45 @@ def test_chat_after_ingest_cites_the_right_file_and_page(
     assert set(first) == {"filename", "page", "text", "score"}
     # The sentence before the [1] marker is the one carrying the fact.
     assert body["answer"].index("4,317") < body["answer"].index("[1]")
+
+
+def test_chat_stays_ready_after_the_progress_row_is_deleted(
+    http: httpx.Client, settings: Settings, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    # What the daily cleanup does to a completed expert after COMPLETED_RETENTION_DAYS.
+    keeper = make_pdf(tmp_path / "keeper.pdf", ["\n\n".join([*sample_paragraphs(3, seed=41), FACT])])
+    expert_id = create_expert(settings, [keeper], name="Keeper")
+    assert run_ingest(settings, expert_id, instance).success
+    assert http.delete(f"/api/experts/{expert_id}/progress").status_code == 200
+    assert http.get(f"/api/experts/{expert_id}/progress").status_code == 404
+
+    response = http.post(f"/api/experts/{expert_id}/chat", json={"message": QUESTION})
+    assert response.status_code == 200, response.text
+    assert FACT in response.json()["answer"]
+    assert [(s["filename"], s["page"]) for s in response.json()["sources"]][:1] == [("keeper.pdf", 1)]
+    expert = http.get(f"/api/experts/{expert_id}").json()["expert"]
+    assert expert["progress"] is None and expert["ready"] is True
+
+    # Processing it again makes it "not ready" until that run ends, as before.
+    assert http.post(f"/api/experts/{expert_id}/retry").status_code == 202
+    queued = http.post(f"/api/experts/{expert_id}/chat", json={"message": QUESTION})
+    assert queued.status_code == 409
+    assert queued.json() == {"success": False, "error": "Keeper is not ready yet: queued, 0% done"}
+    assert http.get(f"/api/experts/{expert_id}").json()["expert"]["ready"] is False
+
+
+def test_an_expert_without_an_indexed_file_is_not_ready(http: httpx.Client, settings: Settings, tmp_path: Path) -> None:
+    doc = tmp_path / "a.txt"
+    doc.write_text("Something to read.")
+    expert_id = create_expert(settings, [doc], name="Tides")
+    # A completed progress row alone does not make it ready: nothing was indexed.
+    with _progress(settings) as session:
+        ExpertProcessingProgressService(session).mark_completed(expert_id)
+    completed_but_empty = http.post(f"/api/experts/{expert_id}/chat", json={"message": "Hello?"})
+    assert completed_but_empty.status_code == 409
+    assert completed_but_empty.json()["error"].startswith("Tides is not ready yet")
+    assert http.delete(f"/api/experts/{expert_id}/progress").status_code == 200
+    gone = http.post(f"/api/experts/{expert_id}/chat", json={"message": "Hello?"})
+    assert gone.status_code == 409
+    assert gone.json() == {"success": False, "error": "Tides is not ready yet: not queued for processing, 0% done"}
+    assert http.get(f"/api/experts/{expert_id}").json()["expert"]["ready"] is False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, BinaryIO, Protocol
@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from expert_pipeline.core.models import Expert, ExpertFile, ExpertProcessingProgress
+from expert_pipeline.core.models import ACTIVE_STATUSES, Expert, ExpertFile, ExpertProcessingProgress, FileStatus
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 
 MAX_FILENAME_CHARS = 180
@@ -29,6 +29,10 @@ MAX_FILENAME_BYTES = 200
 # Control characters, and the invisible marks that reorder text on screen: with them,
 # "invoice\u202etxt.pdf" is shown as "invoicefdp.txt".
 _UNSAFE_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f/\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# The same set without "/", refused (not stripped) in an expert's name and agent_id: NUL breaks
+# PostgreSQL text, the rest make a name print or display as something else.
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_BIDI_CHARS = re.compile(r"[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class UploadRejected(ValueError):
@@ -95,7 +99,24 @@ def _extension(filename: str) -> str:
     return suffix
 
 
-def validate_request(name: str, uploads: Sequence[Upload], limits: UploadLimits) -> str:
+def check_plain_text(value: str | None, field: str) -> None:
+    """Refuse (422) a text field holding a control (C0, DEL, C1) or bidirectional-control character."""
+    if not value:
+        return
+    for pattern, kind in ((_CONTROL_CHARS, "a control character"), (_BIDI_CHARS, "an invisible text-direction mark")):
+        found = pattern.search(value)
+        if found:
+            code = f"U+{ord(found.group()):04X}"
+            raise UploadRejected(
+                f"{field} contains {kind} ({code} at position {found.start() + 1}); use plain text", 422
+            )
+
+
+def validate_request(
+    name: str, uploads: Sequence[Upload], limits: UploadLimits, agent_id: str | None = None
+) -> str:
+    check_plain_text(name, "name")
+    check_plain_text(agent_id, "agent_id")
     name = (name or "").strip()
     if not name:
         raise UploadRejected("the expert needs a name")
@@ -162,7 +183,7 @@ def create_expert(
     queued: bool = True,
     owner: str | None = None,
 ) -> tuple[Expert, ExpertProcessingProgress]:
-    name = validate_request(name, uploads, limits)
+    name = validate_request(name, uploads, limits, agent_id=agent_id)
     expert = Expert(id=str(uuid.uuid4()), name=name, agent_id=agent_id, owner=owner)
     try:
         rows = _store_files(storage, expert.id, uploads, limits)
@@ -194,6 +215,22 @@ def add_files(
         remove_stored(storage, expert.id, stored)
         raise
     return stored
+
+
+def ready_to_chat(record: ExpertProcessingProgress | None, files: Iterable[ExpertFile]) -> bool:
+    """The one definition of "ready": not being (re)processed now, and at least one file indexed.
+
+    The progress row is not required: the daily cleanup removes it (COMPLETED_RETENTION_DAYS)
+    while the expert's vectors stay, so a finished expert must stay ready without it.
+    """
+    if record is not None and record.status in ACTIVE_STATUSES:
+        return False
+    return any(f.status == FileStatus.INDEXED for f in files)
+
+
+def is_ready(db: Session, expert_id: str) -> bool:
+    record = ExpertProcessingProgressService(db).get_progress(expert_id)
+    return ready_to_chat(record, files_of(db, [expert_id])[expert_id])
 
 
 def get_expert(db: Session, expert_id: str) -> Expert | None:

@@ -69,7 +69,7 @@ def not_ready_message(name: str, record: ExpertProcessingProgress | None) -> str
     response_model=ChatResponse,
     responses={
         404: {"model": ErrorResponse, "description": "No such expert"},
-        409: {"model": ErrorResponse, "description": "The expert's documents are not processed yet"},
+        409: {"model": ErrorResponse, "description": "Being processed, or no document indexed yet"},
         422: {"model": ErrorResponse, "description": "Empty or too long message"},
     },
 )
@@ -82,7 +82,7 @@ def chat(
     if expert is None or not principal.sees(expert.owner):
         raise HTTPException(status_code=404, detail=f"No expert '{expert_id}'")
     record = service.get_progress(expert_id)
-    if record is None or record.status != Status.COMPLETED:
+    if not experts_service.ready_to_chat(record, experts_service.files_of(db, [expert_id])[expert_id]):
         raise HTTPException(status_code=409, detail=not_ready_message(expert.name, record))
     db.close()  # give the connection back before the slower work below
 

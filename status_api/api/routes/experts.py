@@ -66,7 +66,10 @@ def _with_progress(
     service: ExpertProcessingProgressService,
 ) -> ExpertWithProgress:
     progress = present_many([record], settings, service)[0] if record else None
-    return ExpertWithProgress.model_validate({**_columns(expert), "files": files, "progress": progress})
+    ready = experts_service.ready_to_chat(record, files)
+    return ExpertWithProgress.model_validate(
+        {**_columns(expert), "files": files, "progress": progress, "ready": ready}
+    )
 
 
 def _columns(expert: Expert) -> dict[str, object]:
