@@ -72,6 +72,37 @@ def test_bad_requests_get_clear_errors(
     assert not any(p.is_file() for p in settings.files_dir.rglob("*"))  # nothing half-created
 
 
+# NUL (a 500 on PostgreSQL before), the rest of C0, DEL, C1, and the bidi marks and overrides.
+FORBIDDEN_IN_NAMES = [
+    "\x00", "\x01", "\t", "\n", "\r", "\x1b", "\x1f", "\x7f", "\x80", "\x85", "\x9f",
+    "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",
+    "\u2066", "\u2067", "\u2068", "\u2069",
+]
+
+
+def test_control_and_bidi_characters_in_name_or_agent_id_are_refused(
+    http: httpx.Client, settings: Settings
+) -> None:
+    upload = [("files", ("a.txt", b"abc", "text/plain"))]
+    for char in FORBIDDEN_IN_NAMES:
+        code = f"U+{ord(char):04X}"
+        for field, data in (
+            ("name", {"name": f"Tax{char}adviser"}),
+            ("agent_id", {"name": "Tax adviser", "agent_id": f"agent{char}7"}),
+        ):
+            response = http.post("/api/experts", data=data, files=upload)
+            assert response.status_code == 422, (field, code, response.text)
+            error = response.json()["error"]
+            assert error.startswith(f"{field} contains ") and f"({code} at position " in error, error
+    assert http.get("/api/experts").json()["count"] == 0
+    assert http.get("/api/experts/progress/active").json()["count"] == 0
+    assert not any(p.is_file() for p in settings.files_dir.rglob("*"))  # nothing stored
+    # Plain text in any script is fine, joiners included.
+    ok = http.post("/api/experts", data={"name": "Zoë 東京 👩\u200d⚖️", "agent_id": "agent_7"}, files=upload)
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["expert"]["name"] == "Zoë 東京 👩\u200d⚖️"
+
+
 def test_limits_on_size_and_count(tmp_path: Path, database_url: str) -> None:
     from status_api.main import create_app
     from tests.conftest import LiveServer
