@@ -68,8 +68,8 @@ function formatBytes(bytes) {
 
 // -- sign-in: an API token, kept in localStorage ----------------------------------------------
 // Without any token in its database the API runs in local mode and needs none. Otherwise every
-// request carries `Authorization: Bearer <token>`; EventSource cannot send headers, so the
-// stream takes the token as `?access_token=`.
+// request carries `Authorization: Bearer <token>`; EventSource cannot send headers, and a token
+// in a URL ends up in logs, so each stream (re)connect trades the token for a single-use ticket.
 
 const TOKEN_KEY = "expert-pipeline.api-token";
 
@@ -95,9 +95,10 @@ function withAuth(headers = {}) {
   return token ? { ...headers, Authorization: `Bearer ${token}` } : headers;
 }
 
-function streamUrl(path) {
-  const token = getToken();
-  return token ? `${path}?access_token=${encodeURIComponent(token)}` : path;
+async function streamUrl(path) {
+  if (!getToken()) return path; // local mode: nothing to trade
+  const { ticket } = await api("/api/stream-tickets", { method: "POST" });
+  return `${path}?ticket=${encodeURIComponent(ticket)}`;
 }
 
 function showSignIn(message) {
@@ -425,13 +426,32 @@ function setLiveState(kind, text) {
   node.textContent = text;
 }
 
-function connectStream() {
+function retryStream() {
+  const wait = state.streamBackoff;
+  state.streamBackoff = Math.min(state.streamBackoff * 2, MAX_BACKOFF_MS);
+  setLiveState("polling", `Live updates interrupted — checking every ${POLL_MS / 1000} s, reconnecting…`);
+  startPolling();
+  state.streamRetry = setTimeout(connectStream, wait);
+}
+
+async function connectStream() {
   clearTimeout(state.streamRetry);
   if (!("EventSource" in window)) {
     startPolling();
     return;
   }
-  const stream = new EventSource(streamUrl(`${API}/progress/stream`));
+  const attempt = (state.streamAttempt = (state.streamAttempt ?? 0) + 1);
+  let url;
+  try {
+    url = await streamUrl(`${API}/progress/stream`);
+  } catch (error) {
+    if (attempt !== state.streamAttempt || error.status === 401) return; // superseded, or signed out
+    retryStream();
+    return;
+  }
+  if (attempt !== state.streamAttempt) return; // a newer connect started while this one waited
+  state.stream?.close();
+  const stream = new EventSource(url);
   state.stream = stream;
   stream.addEventListener("open", () => {
     state.streamBackoff = 1000;
@@ -448,13 +468,10 @@ function connectStream() {
   });
   stream.addEventListener("resync", () => scheduleReload(0));
   stream.addEventListener("error", () => {
+    // Closed here, never left to EventSource's own retry: a ticket works once.
     stream.close();
     if (state.stream === stream) state.stream = null;
-    const wait = state.streamBackoff;
-    state.streamBackoff = Math.min(state.streamBackoff * 2, MAX_BACKOFF_MS);
-    setLiveState("polling", `Live updates interrupted — checking every ${POLL_MS / 1000} s, reconnecting…`);
-    startPolling();
-    state.streamRetry = setTimeout(connectStream, wait);
+    retryStream();
   });
 }
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from expert_pipeline.core.db import migrate
 from expert_pipeline.core.settings import get_settings
@@ -42,6 +44,29 @@ def _tokens_session():  # type: ignore[no-untyped-def]
     return Session(engine_for(settings.resolved_database_url), expire_on_commit=False)
 
 
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """"30d", "12h", "90m", "2w", "45s" -> a timedelta (argparse type: a clear error otherwise)."""
+    match = _DURATION.match(text or "")
+    if not match or int(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d, 12h, 90m, 2w or 45s")
+    return timedelta(**{_DURATION_UNITS[match.group(2).lower()]: int(match.group(1))})
+
+
+def _email(text: str) -> str:
+    value = (text or "").strip()
+    if len(value) > 320 or not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an email address")
+    return value
+
+
+def _when(value: datetime | None, never: str) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else never
+
+
 def _cmd_tokens_create(args: argparse.Namespace) -> int:
     from expert_pipeline.core.auth import create_token
 
@@ -50,27 +75,47 @@ def _cmd_tokens_create(args: argparse.Namespace) -> int:
         print("--owner must not be empty", file=sys.stderr)
         return 2
     with _tokens_session() as db:
-        token = create_token(db, owner, operator=args.operator)
+        token = create_token(db, owner, operator=args.operator, expires_in=args.expires_in, email=args.email)
     kind = "operator token" if args.operator else "token"
     print(f"API {kind} for {owner}:")
     print(token)
+    if args.expires_in is not None:
+        print(f"It expires at {_when(datetime.now(UTC) + args.expires_in, '')}.")
     print("Store it now: it will not be shown again (only its hash is kept).")
     return 0
 
 
 def _cmd_tokens_list(_: argparse.Namespace) -> int:
-    from expert_pipeline.core.auth import list_tokens
+    from expert_pipeline.core.auth import list_tokens, refusal
 
     with _tokens_session() as db:
         rows = list_tokens(db)
     if not rows:
         print("no API tokens: the status API runs in local mode (this machine only)")
         return 0
-    print(f"{'OWNER':24s} {'OPERATOR':8s} {'CREATED':25s} LAST USED")
+    now = datetime.now(UTC)
+    print(f"{'ID':36s} {'OWNER':20s} {'OPERATOR':8s} {'STATE':8s} {'CREATED':25s} {'LAST USED':25s} {'EXPIRES':25s} EMAIL")
     for row in rows:
-        last = row.last_used_at.isoformat(timespec="seconds") if row.last_used_at else "never"
-        created = row.created_at.isoformat(timespec="seconds")
-        print(f"{row.owner:24s} {'yes' if row.operator else 'no':8s} {created:25s} {last}")
+        reason = refusal(row, now)
+        state = "revoked" if row.revoked_at is not None else "expired" if reason else "active"
+        print(
+            f"{row.id:36s} {row.owner:20s} {'yes' if row.operator else 'no':8s} {state:8s} "
+            f"{_when(row.created_at, ''):25s} {_when(row.last_used_at, 'never'):25s} "
+            f"{_when(row.expires_at, 'never'):25s} {row.email or ''}"
+        )
+    return 0
+
+
+def _cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    from expert_pipeline.core.auth import revoke_token
+
+    with _tokens_session() as db:
+        try:
+            row = revoke_token(db, args.token)
+        except LookupError as error:
+            print(str(error), file=sys.stderr)
+            return 2
+    print(f"revoked token {row.id} of {row.owner} (at {_when(row.revoked_at, '')}); its open streams end within 30 s")
     return 0
 
 
@@ -91,8 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     create = tokens_sub.add_parser("create", help="create a token (printed once)")
     create.add_argument("--owner", required=True, help="who the token belongs to; their experts are theirs")
     create.add_argument("--operator", action="store_true", help="the token sees and acts on every expert")
+    create.add_argument("--expires-in", type=parse_duration, default=None, metavar="DURATION",
+                        help="refuse the token after this long: 30d, 12h, 90m, 2w (default: never)")
+    create.add_argument("--email", type=_email, default=None, help="where the owner's completion mail goes")
     create.set_defaults(func=_cmd_tokens_create)
-    tokens_sub.add_parser("list", help="list tokens (never the tokens themselves)").set_defaults(func=_cmd_tokens_list)
+    tokens_sub.add_parser(
+        "list", help="list tokens: id, owner, state, expiry (never the tokens themselves)"
+    ).set_defaults(func=_cmd_tokens_list)
+    revoke = tokens_sub.add_parser("revoke", help="revoke a token at once (its open streams end within 30 s)")
+    revoke.add_argument("token", help="the token's id as `tokens list` shows it, a unique start of it, or the token")
+    revoke.set_defaults(func=_cmd_tokens_revoke)
     return parser
 
 

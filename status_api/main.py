@@ -16,10 +16,13 @@ from expert_pipeline.core.db import engine_for, migrate
 from expert_pipeline.core.settings import Settings, get_settings
 from expert_pipeline.parts import build_chat_provider, check_parts, log_parts
 from status_api.api.admission import AdmissionLimit
+from status_api.api.auth_gate import AuthGate
 from status_api.api.errors import install_error_handlers
+from status_api.api.log_redaction import install_log_redaction
 from status_api.api.upload_limits import RequestSizeLimit
 from status_api.api.routes import experts, health, progress
 from status_api.api.routes import chat, stream
+from status_api.api.routes import stream_tickets
 from status_api.dashboard import install_dashboard
 from status_api.progress_broadcaster import ProgressBroadcaster
 
@@ -42,6 +45,7 @@ def log_auth_mode(engine: Engine, logger: logging.Logger) -> bool:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    install_log_redaction()  # no token or stream ticket in a URL reaches the access log
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,6 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine_for(settings.resolved_database_url)
     install_error_handlers(app, max_upload_files=settings.max_upload_files)
+    # Inside out: the gate authenticates before any body is read; the size limit (outside it)
+    # refuses a declared oversized body at once; admission counts the gate's database lookup.
+    app.add_middleware(AuthGate, engine=app.state.engine)
     app.add_middleware(RequestSizeLimit, max_upload_bytes=settings.max_upload_total_bytes)
     app.add_middleware(AdmissionLimit)
     app.include_router(health.router)
@@ -71,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.progress_broadcaster = ProgressBroadcaster(app.state.engine, settings)
     app.state.chat_provider = build_chat_provider(settings)
     app.include_router(stream.router)
+    app.include_router(stream_tickets.router)
     app.include_router(chat.router)
     install_dashboard(app)
     return app

@@ -28,6 +28,11 @@ Slow clients
     subscriber is marked `lagged`; the stream then tells the client to resynchronise (an
     `event: resync` frame), since it may have missed a transition.
 
+Revoked tokens
+    Every `token_recheck_seconds` (10 s) the poller asks, in one query, whether the tokens the
+    open streams were authenticated with are still accepted; a stream whose token was revoked
+    or has expired (or opened in local mode, once a token exists) is ended.
+
 Blocking database calls run in worker threads (`asyncio.to_thread`), never on the event loop.
 """
 
@@ -45,7 +50,7 @@ from typing import Any
 from sqlalchemy import Engine, Select, or_, select
 from sqlalchemy.orm import Session
 
-from expert_pipeline.core.auth import Principal
+from expert_pipeline.core.auth import Principal, any_tokens, valid_token_ids
 from expert_pipeline.core.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -54,6 +59,7 @@ from expert_pipeline.core.models import (
     Status,
     utcnow,
 )
+from expert_pipeline.core.pipeline_health import PipelineState, read_state, stall_reason
 from expert_pipeline.core.settings import Settings, get_settings
 from status_api.progress_view import present
 from status_api.schemas import ProgressRecord
@@ -97,15 +103,35 @@ class ProgressChange:
         return (self.updated_at, self.revision)
 
     @property
-    def stalled(self) -> bool:
-        return bool(self.record is not None and self.record.stalled)
+    def stalled_reason(self) -> str | None:
+        return self.record.stalled_reason if self.record is not None else None
 
-    def with_stalled(self, stalled: bool) -> ProgressChange:
+    def with_stalled(self, reason: str | None) -> ProgressChange:
         assert self.record is not None
-        record = self.record.model_copy(update={"stalled": stalled})
+        record = self.record.model_copy(update={"stalled": reason is not None, "stalled_reason": reason})
         return replace(
             self, record=record, frame=sse_frame("progress", record.model_dump_json()), revision=self.revision + 1
         )
+
+
+@dataclass(frozen=True)
+class _Liveness:
+    """What `stall_reason` reads of a row, from what a change already knows."""
+
+    status: str
+    started_at: datetime
+    updated_at: datetime
+    heartbeat_at: datetime | None
+
+
+def _alive_at(row: Any) -> datetime | None:
+    """The last sign of life stall flips are worked out from: a run's heartbeat, or for a
+    pending expert when it was queued."""
+    if row.status == Status.IN_PROGRESS:
+        return row.heartbeat_at or row.updated_at  # type: ignore[no-any-return]
+    if row.status == Status.PENDING:
+        return row.started_at  # type: ignore[no-any-return]
+    return None
 
 
 def sse_frame(event: str, data: str) -> bytes:
@@ -135,10 +161,15 @@ class Subscription:
     carried by each change, read with the tick's one query)."""
 
     expert_id: str | None
-    queue: asyncio.Queue[ProgressChange]
+    queue: asyncio.Queue[ProgressChange | None]
     lagged: bool = False
     dropped: int = 0
     viewer: Principal | None = None
+    # Who opened it: their token (re-checked while it is open), or local mode (token_id None).
+    token_id: str | None = None
+    local: bool = False
+    # Set when its token is no longer accepted; the stream then ends.
+    ended: bool = False
 
     def wants(self, change: ProgressChange) -> bool:
         return self.viewer is None or self.viewer.sees(change.owner)
@@ -159,9 +190,19 @@ class Subscription:
         items: list[ProgressChange] = []
         while True:
             try:
-                items.append(self.queue.get_nowait())
+                item = self.queue.get_nowait()
             except asyncio.QueueEmpty:
                 return items
+            if item is not None:
+                items.append(item)
+
+    def end(self) -> None:
+        """Mark it ended and wake its stream (a None in the queue) so it stops at once."""
+        self.ended = True
+        if self.queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+        self.queue.put_nowait(None)
 
 
 @dataclass
@@ -198,6 +239,7 @@ class ProgressBroadcaster:
         keepalive_seconds: float = 15.0,
         reseed_seconds: float = 30.0,
         use_listen: bool = True,
+        token_recheck_seconds: float = 10.0,
     ) -> None:
         self.engine = engine
         self.settings = settings or get_settings()
@@ -208,6 +250,9 @@ class ProgressBroadcaster:
         self.keepalive_seconds = keepalive_seconds
         self.reseed_seconds = reseed_seconds
         self.use_listen = use_listen and engine.dialect.name == "postgresql"
+        self.token_recheck_seconds = token_recheck_seconds
+        self._recheck_at = 0.0
+        self._pipeline: PipelineState | None = None
         self.stats = BroadcasterStats()
 
         self._all: set[Subscription] = set()
@@ -236,10 +281,16 @@ class ProgressBroadcaster:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def subscribe(self, expert_id: str | None = None, viewer: Principal | None = None) -> Subscription:
+    def subscribe(
+        self, expert_id: str | None = None, viewer: Principal | None = None, opened_by: Principal | None = None
+    ) -> Subscription:
         """Register a listener and make sure the poller runs. Call on the event loop.
-        `viewer` limits an "all" listener to the experts that principal may see."""
+        `viewer` limits an "all" listener to the experts that principal may see; `opened_by`
+        (the caller) is re-checked while it listens (its token revoked: the stream ends)."""
         sub = Subscription(expert_id=expert_id, queue=asyncio.Queue(maxsize=self.queue_size), viewer=viewer)
+        if opened_by is not None:
+            sub.token_id = opened_by.token_id
+            sub.local = opened_by.token_id is None
         if expert_id is None:
             self._all.add(sub)
         else:
@@ -284,6 +335,7 @@ class ProgressBroadcaster:
         self._active.clear()
         self._notified.clear()
         self.stats.pollers_started += 1
+        self._recheck_at = time.monotonic() + self.token_recheck_seconds  # just authenticated
         self._task = asyncio.get_running_loop().create_task(self._run(), name="progress-broadcaster")
 
     async def aclose(self) -> None:
@@ -319,6 +371,9 @@ class ProgressBroadcaster:
                     await asyncio.sleep(gap)
                 last_read = time.monotonic()
                 await self._tick()
+                if time.monotonic() >= self._recheck_at:
+                    self._recheck_at = time.monotonic() + self.token_recheck_seconds
+                    await self._recheck_tokens()
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - never leave subscribers with a dead poller silently
@@ -373,6 +428,26 @@ class ProgressBroadcaster:
         self._push_stall_flips()
         self._prune(self._since)
 
+    async def _recheck_tokens(self) -> None:
+        """End the streams whose token is no longer accepted (one query for all of them)."""
+        subs = [*self._all, *(s for group in self._by_expert.values() for s in group)]
+        token_ids = {s.token_id for s in subs if s.token_id is not None}
+        local = any(s.local for s in subs)
+        if not token_ids and not local:
+            return
+        try:
+            valid, tokens_exist = await asyncio.to_thread(self._read_tokens, token_ids, local)
+        except Exception as exc:  # noqa: BLE001 - a database outage is no reason to cut streams
+            log.warning("cannot re-check the streams' API tokens: %s", exc)
+            return
+        for sub in subs:
+            if (sub.token_id is not None and sub.token_id not in valid) or (sub.local and tokens_exist):
+                sub.end()
+
+    def _read_tokens(self, token_ids: set[str], local: bool) -> tuple[set[str], bool]:
+        with Session(self.engine) as session:
+            return valid_token_ids(session, token_ids), local and any_tokens(session)
+
     def _query(self, since: datetime, ids: list[str], seeding: bool) -> Select[Any]:
         table = ExpertProcessingProgress.__table__
         conditions = [table.c.updated_at > since]
@@ -403,12 +478,16 @@ class ProgressBroadcaster:
                 pending.pop(row.expert_id, None)
         order = sorted(pending.items(), key=lambda item: (item[1], item[0]))
         queue = {expert_id: position for position, (expert_id, _) in enumerate(order, 1)}
+        if pending:
+            # Whether anything will pick the pending experts up: one small read, only then.
+            with Session(self.engine) as session:
+                self._pipeline = read_state(session)
         now = utcnow()
         return [
             encode_record(
-                present(row, self.settings, queue, now),  # type: ignore[arg-type]
+                present(row, self.settings, queue, now, self._pipeline),  # type: ignore[arg-type]
                 owner=row.expert_owner,
-                alive_at=(row.heartbeat_at or row.updated_at) if row.status == Status.IN_PROGRESS else None,
+                alive_at=_alive_at(row),
             )
             for row in rows
         ]
@@ -454,14 +533,14 @@ class ProgressBroadcaster:
     def _push_stall_flips(self) -> None:
         """A heartbeat does not touch `updated_at`, so a run going quiet produces no change to
         read; the flag is worked out here from the last sign of life already known."""
-        limit = timedelta(seconds=self.settings.stall_after_seconds)
         now = utcnow()
         for change in list(self._active.values()):
             if change.alive_at is None or change.record is None:
                 continue
-            stalled = now - change.alive_at > limit
-            if stalled != change.stalled:
-                self._resend(change.with_stalled(stalled))
+            liveness = _Liveness(change.status, change.started_at, change.alive_at, change.alive_at)
+            reason = stall_reason(liveness, now, self.settings.stall_after_seconds, self._pipeline)
+            if reason != change.stalled_reason:
+                self._resend(change.with_stalled(reason))
 
     def _prune(self, since: datetime) -> None:
         # A version older than the window can never be read again by time; drop it unless it

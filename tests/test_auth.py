@@ -32,6 +32,13 @@ def create(http: httpx.Client, token: str | None, name: str) -> str:
     return str(r.json()["expert"]["id"])
 
 
+def ticket(http: httpx.Client, token: str) -> dict[str, str]:
+    """Query parameters that open one stream as `token`'s owner (a single-use stream ticket)."""
+    r = http.post("/api/stream-tickets", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    return {"ticket": r.json()["ticket"]}
+
+
 def same_as_missing(a: httpx.Response, b: httpx.Response, expert_id: str) -> None:
     """`a` (someone else's expert) answers exactly as `b` (no such expert), bar the id."""
     assert a.status_code == b.status_code == 404, (a.text, b.text)
@@ -71,8 +78,9 @@ def test_tokens_are_required_once_one_exists(http: httpx.Client, db: Session) ->
             assert r.status_code == 401, (path, headers, r.text)
             assert r.json()["success"] is False and r.json()["error"]
             assert r.headers["www-authenticate"] == "Bearer"
-    # ?access_token= is for the SSE streams only.
+    # A token in the URL is never accepted, not even by the streams (tickets are, see below).
     assert http.get("/api/experts", params={"access_token": token}).status_code == 401
+    assert http.get("/api/experts/progress/stream", params={"access_token": token}).status_code == 401
     assert http.get("/api/experts", headers=bearer(token)).status_code == 200
     # Public: health, docs, the OpenAPI document and the dashboard's files.
     for path in ("/healthz", "/docs", "/openapi.json", "/dashboard/", "/dashboard/app.js"):
@@ -127,9 +135,9 @@ def test_owners_only_see_and_act_on_their_own_experts(http: httpx.Client, db: Se
             theirs = http.request(method, path.format(id=hidden), headers=bearer(bob), **kwargs)
             missing = http.request(method, path.format(id=MISSING), headers=bearer(bob), **kwargs)
             same_as_missing(theirs, missing, hidden)
-    # The stream also takes the token as ?access_token= (EventSource sends no headers).
-    theirs = http.get(f"/api/experts/{a_id}/progress/stream", params={"access_token": bob})
-    missing = http.get(f"/api/experts/{MISSING}/progress/stream", params={"access_token": bob})
+    # The stream also opens with a stream ticket (EventSource sends no headers).
+    theirs = http.get(f"/api/experts/{a_id}/progress/stream", params=ticket(http, bob))
+    missing = http.get(f"/api/experts/{MISSING}/progress/stream", params=ticket(http, bob))
     same_as_missing(theirs, missing, a_id)
 
     # Nothing was changed by Bob's attempts.
@@ -138,11 +146,11 @@ def test_owners_only_see_and_act_on_their_own_experts(http: httpx.Client, db: Se
     assert r.json()["expert"]["progress"]["status"] == "pending"
 
     # The all-experts stream only carries the caller's experts; operators get all.
-    mine = first_progress_chunk(http, "/api/experts/progress/stream", params={"access_token": bob})
+    mine = first_progress_chunk(http, "/api/experts/progress/stream", params=ticket(http, bob))
     assert b_id in mine and a_id not in mine and orphan not in mine
     everything = first_progress_chunk(http, "/api/experts/progress/stream", headers=bearer(root))
     assert a_id in everything and b_id in everything and orphan in everything
-    one = first_progress_chunk(http, f"/api/experts/{a_id}/progress/stream", params={"access_token": alice})
+    one = first_progress_chunk(http, f"/api/experts/{a_id}/progress/stream", params=ticket(http, alice))
     assert a_id in one
 
     # Owners and operators act on what they see.
@@ -161,7 +169,7 @@ def test_stream_filters_changes_per_subscriber(live_api: object, http: httpx.Cli
     alice = auth.create_token(db, "alice")
     bob = auth.create_token(db, "bob")
     b_id = create(http, bob, "Bob's")
-    with http.stream("GET", "/api/experts/progress/stream", params={"access_token": bob}, timeout=15) as response:
+    with http.stream("GET", "/api/experts/progress/stream", params=ticket(http, bob), timeout=15) as response:
         chunks = response.iter_text()
         seen = ""
         while b_id not in seen:

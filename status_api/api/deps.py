@@ -8,6 +8,7 @@ from typing import Annotated, Protocol
 from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from expert_pipeline.core import auth
 from expert_pipeline.core.auth import LOCAL_PRINCIPAL, Principal
@@ -94,6 +95,10 @@ VectorStoreDep = Annotated[VectorStoreLike, Depends(get_vector_store)]
 
 
 # -- authentication ----------------------------------------------------------------------------
+# Every /api/* request is authenticated by the ASGI gate (`status_api.api.auth_gate`) before
+# any body is read; it leaves the principal in `scope["state"]`, where these dependencies find it.
+
+PRINCIPAL_STATE_KEY = "principal"
 
 
 def _unauthorized(message: str) -> HTTPException:
@@ -103,8 +108,16 @@ def _unauthorized(message: str) -> HTTPException:
 MALFORMED = ""  # an Authorization header that is not "Bearer <token>"
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+class AuthenticatedToken(str):
+    """What `_bearer` returns once the gate has authenticated the request: a route that calls
+    `resolve_principal` in its own thread hop (the polled progress route) gets the gate's
+    answer back without a second query."""
+
+    principal: Principal
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token in an Authorization header value; None without one, MALFORMED when not Bearer."""
     if not header:
         return None
     scheme, _, token = header.partition(" ")
@@ -113,22 +126,40 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
+def gate_principal(request: Request) -> Principal | None:
+    """The principal the gate resolved for this request (None: the gate did not run)."""
+    principal = request.scope.get("state", {}).get(PRINCIPAL_STATE_KEY)
+    return principal if isinstance(principal, Principal) else None
+
+
+def _bearer(request: Request) -> str | None:
+    token = bearer_token(request.headers.get("authorization"))
+    principal = gate_principal(request)
+    if principal is None:
+        return token
+    resolved = AuthenticatedToken(token or "")
+    resolved.principal = principal
+    return resolved
+
+
 def resolve_principal(session: Session, token: str | None) -> Principal:
     """The caller for `token` (from `_bearer`), or 401. Local mode (no token in the database)
-    lets everyone in as an operator; otherwise the token must be known. Blocking: call it in a
-    worker thread."""
+    lets everyone in as an operator; otherwise the token must be known, unexpired and not
+    revoked. Blocking: call it in a worker thread."""
+    if isinstance(token, AuthenticatedToken):
+        return token.principal
     if token is None:
         if not auth.any_tokens(session):
             return LOCAL_PRINCIPAL
         raise _unauthorized("Sign in: this API needs an API token (Authorization: Bearer <token>).")
-    principal = auth.authenticate(session, token) if token else None
-    if principal is not None:
-        return principal
-    if not auth.any_tokens(session):
-        return LOCAL_PRINCIPAL  # local mode: a stale token in the browser is not an error
-    if token == MALFORMED:
-        raise _unauthorized("The Authorization header must be 'Bearer <token>'.")
-    raise _unauthorized("The API token is not valid.")
+    try:
+        return auth.check_token(session, token)
+    except auth.Refused as refused:
+        if not auth.any_tokens(session):
+            return LOCAL_PRINCIPAL  # local mode: a stale token in the browser is not an error
+        if token == MALFORMED:
+            raise _unauthorized("The Authorization header must be 'Bearer <token>'.") from None
+        raise _unauthorized(str(refused)) from None
 
 
 def _principal(request: Request, token: str | None) -> Principal:
@@ -138,18 +169,16 @@ def _principal(request: Request, token: str | None) -> Principal:
         return resolve_principal(session, token)
 
 
-def get_principal(request: Request) -> Principal:
-    """The caller, from `Authorization: Bearer <token>`."""
-    return _principal(request, _bearer(request))
+async def get_principal(request: Request) -> Principal:
+    """The caller: the gate's answer, or (an app built without the gate) the Bearer header's."""
+    principal = gate_principal(request)
+    if principal is not None:
+        return principal
+    return await run_in_threadpool(_principal, request, _bearer(request))
 
 
-def get_stream_principal(request: Request) -> Principal:
-    """As `get_principal`, but EventSource cannot send headers: `?access_token=` is accepted too."""
-    token = _bearer(request)
-    if token is None:
-        token = request.query_params.get("access_token") or None
-    return _principal(request, token)
-
+# The live streams authenticate like everything else; the gate also takes a stream ticket there.
+get_stream_principal = get_principal
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 StreamPrincipal = Annotated[Principal, Depends(get_stream_principal)]

@@ -10,6 +10,10 @@
 Each frame is `event: progress` with `data:` the same JSON object as the specification's
 `progress`. A client that fell behind receives `event: resync` (it may have missed a change;
 re-read the list). All database reading is done by the app's one `ProgressBroadcaster`.
+
+EventSource cannot send headers: besides `Authorization: Bearer`, both routes take a
+single-use `?ticket=` from `POST /api/stream-tickets` (checked by the API's gate), never the
+token itself. A stream whose token is revoked (or expires) ends within ~10 s.
 """
 
 from __future__ import annotations
@@ -39,12 +43,16 @@ from status_api.progress_broadcaster import (
 from status_api.progress_view import present_many
 from status_api.schemas import ProgressRecord
 
-# EventSource cannot send headers: these two routes also take the token as `?access_token=`.
+# The gate authenticates (Bearer header or `?ticket=`); the dependency picks up its answer.
 router = APIRouter(prefix="/api/experts", tags=["progress stream"], dependencies=[Depends(get_stream_principal)])
 
 RETRY_FRAME = b"retry: 3000\n\n"
 KEEPALIVE_FRAME = b": keepalive\n\n"
 RESYNC_FRAME = b'event: resync\ndata: {"reason": "events were dropped for a slow client"}\n\n'
+# A comment (EventSource ignores it) saying why the server ended the stream.
+ENDED_FRAME = b": the API token this stream was opened with is no longer accepted\n\n"
+# What `_next_batch` returns when the subscription was ended (its token revoked or expired).
+ENDED: list[ProgressChange] = []
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 STREAM_DOC = {
     200: {"content": {"text/event-stream": {}}, "description": "A Server-Sent-Events stream of `progress` events"},
@@ -77,13 +85,19 @@ class EventStreamResponse(StreamingResponse):
 
 
 async def _next_batch(sub: Subscription, keepalive: float) -> list[ProgressChange] | None:
-    """The queued changes (waiting up to `keepalive`); None when it is time for a keepalive."""
+    """The queued changes (waiting up to `keepalive`); None when it is time for a keepalive;
+    `ENDED` (checked by identity) once the subscription has been ended."""
+    if sub.ended:
+        return ENDED
     try:
         async with asyncio.timeout(keepalive):
             first = await sub.queue.get()
     except TimeoutError:
         return None
-    return [first, *sub.drain()]
+    if sub.ended:
+        return ENDED
+    rest = sub.drain()
+    return [first, *rest] if first is not None else rest
 
 
 def _resync_if_lagged(sub: Subscription) -> bytes:
@@ -107,6 +121,9 @@ async def _expert_stream(
         if batch is None:
             yield KEEPALIVE_FRAME
             continue
+        if batch is ENDED:
+            yield ENDED_FRAME
+            return
         sub.lagged = False  # every frame carries the whole record: the newest one is enough
         fresh = [c for c in batch if c.version > sent]
         if not fresh:
@@ -130,6 +147,9 @@ async def _all_stream(broadcaster: ProgressBroadcaster, sub: Subscription) -> As
         if batch is None:
             yield KEEPALIVE_FRAME
             continue
+        if batch is ENDED:
+            yield ENDED_FRAME
+            return
         if versions:
             # Changes queued while the snapshot was taken are already in it.
             batch = [c for c in batch if _newer(c, versions.pop(c.expert_id, None))]
@@ -166,7 +186,7 @@ async def stream_all_progress(request: Request, principal: StreamPrincipal) -> A
     keepalive comments every ~15 s; only the caller's experts (operators: all). Never ends on
     its own."""
     broadcaster = get_broadcaster(request.app)
-    sub = broadcaster.subscribe(None, viewer=None if principal.operator else principal)
+    sub = broadcaster.subscribe(None, viewer=None if principal.operator else principal, opened_by=principal)
     return EventStreamResponse(_all_stream(broadcaster, sub), cleanup=lambda: broadcaster.unsubscribe(sub))
 
 
@@ -187,7 +207,7 @@ async def stream_expert_progress(expert_id: ExpertId, request: Request, principa
     record reaches completed, failed or cancelled."""
     broadcaster = get_broadcaster(request.app)
     # Subscribe before reading, so a change between the read and the first frame is queued.
-    sub = broadcaster.subscribe(expert_id)
+    sub = broadcaster.subscribe(expert_id, opened_by=principal)
     try:
         record = await run_in_threadpool(_read_record, request, expert_id, principal)
     except BaseException:
