@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -30,12 +31,15 @@ from expert_pipeline.core.webhooks import (
     EVENT_HEADER,
     PROGRESS_FIELDS,
     SIGNATURE_HEADER,
+    ReplayGuard,
+    WebhookRejected,
     backoff_seconds,
     deliver_due,
     encode_body,
     enqueue_finished,
     sign,
     verify_signature,
+    verify_webhook,
 )
 from expert_pipeline.parts import build_resources
 from expert_pipeline.webhook_sensor import webhook_delivery_sensor
@@ -52,6 +56,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    rejected: str | None = None  # why the receiver refused it (WebhookRejected.reason), if it did
 
     @property
     def json(self) -> dict:
@@ -59,25 +64,41 @@ class Received:
 
 
 class Receiver:
-    """http.server on a free port: records every POST; answers 500 to the first `fail_first`."""
+    """http.server on a free port: records every POST; answers 500 to the first `fail_first`.
+
+    With `secret` set it verifies each request as a real receiver would (`verify_webhook` with
+    one `ReplayGuard`) and answers 401 with the reason to a request it rejects.
+    """
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
         self.fail_first = 0
         self.delay = 0.0
+        self.secret: str | None = None
+        self.guard = ReplayGuard()
         self._lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = dict(self.headers.items())
+                rejected: str | None = None
                 with receiver._lock:
-                    receiver.requests.append(Received(self.path, dict(self.headers.items()), body))
-                    failing = len(receiver.requests) <= receiver.fail_first
+                    failing = len(receiver.requests) + 1 <= receiver.fail_first
+                    if receiver.secret is not None and not failing:
+                        try:
+                            verify_webhook(receiver.secret, headers, body, receiver.guard)
+                        except WebhookRejected as exc:
+                            rejected = exc.reason
+                    receiver.requests.append(Received(self.path, headers, body, rejected))
                 if receiver.delay:
                     time.sleep(receiver.delay)
-                answer = b"receiver exploded" if failing else b"ok"
-                self.send_response(500 if failing else 200)
+                if rejected is not None:
+                    answer, status = f"rejected: {rejected}".encode(), 401
+                else:
+                    answer, status = (b"receiver exploded", 500) if failing else (b"ok", 200)
+                self.send_response(status)
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
@@ -106,6 +127,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def hook_settings(settings: Settings, receiver: Receiver) -> Settings:
+    receiver.secret = SECRET  # the receiver verifies every delivery, and refuses replays
     return settings.model_copy(
         update={"webhook_urls": [f"{receiver.url}/hook"], "webhook_secret": SECRET, "webhook_max_attempts": 8}
     )
@@ -289,8 +311,10 @@ def test_finished_expert_is_delivered_signed(
     assert request.path == "/hook"
     assert request.headers["Content-Type"] == "application/json"
     assert request.headers[EVENT_HEADER] == f"expert.{how}"
-    assert request.headers[DELIVERY_HEADER] == row.event_id
-    assert verify_signature(SECRET, request.body, request.headers[SIGNATURE_HEADER])
+    assert request.rejected is None  # the receiver verified it with verify_webhook
+    delivery_id = request.headers[DELIVERY_HEADER]
+    assert re.fullmatch(r"[0-9a-f]{32}", delivery_id) and delivery_id != row.event_id
+    assert verify_signature(SECRET, request.body, request.headers[SIGNATURE_HEADER], delivery_id=delivery_id)
     event = request.json
     assert event["type"] == f"expert.{how}" and event["event_id"] == row.event_id
     assert event["expert_id"] == "exp-42" and event["progress"]["status"] == how
@@ -315,13 +339,16 @@ def test_every_url_gets_the_same_event(db: Session, engine: Engine, hook_setting
     assert deliver_due(engine, two).delivered == 2
     assert sorted(r.path for r in receiver.requests) == ["/a", "/b"]
     assert receiver.requests[0].body == receiver.requests[1].body
-    assert {r.headers[DELIVERY_HEADER] for r in receiver.requests} == {r.event_id for r in _rows(engine)}
+    assert {r.json["event_id"] for r in receiver.requests} == {r.event_id for r in _rows(engine)}
+    assert len({r.headers[DELIVERY_HEADER] for r in receiver.requests}) == 2  # one delivery id per request
+    assert [r.rejected for r in receiver.requests] == [None, None]
     assert all(r.status == "delivered" for r in _rows(engine))
 
 
 def test_without_a_secret_requests_are_unsigned(db: Session, engine: Engine, hook_settings: Settings,
                                                 receiver: Receiver) -> None:
     unsigned = hook_settings.model_copy(update={"webhook_secret": None})
+    receiver.secret = None  # a receiver that does not check (it could not tell us from anyone)
     _finish(db, "exp-3", "completed", unsigned)
     assert deliver_due(engine, unsigned).delivered == 1
     (request,) = receiver.requests
@@ -357,8 +384,14 @@ def test_server_errors_are_retried_with_backoff_then_delivered(
     row = _only_row(engine)
     assert (row.status, row.attempts, row.last_status_code, row.last_error) == ("delivered", 3, 200, None)
     assert len(receiver.requests) == 3
-    assert len({r.headers[DELIVERY_HEADER] for r in receiver.requests}) == 1  # one event, three tries
-    assert all(verify_signature(SECRET, r.body, r.headers[SIGNATURE_HEADER]) for r in receiver.requests)
+    # One event (the id receivers de-duplicate on), three deliveries each with its own id and signature.
+    assert {r.json["event_id"] for r in receiver.requests} == {row.event_id}
+    assert len({r.headers[DELIVERY_HEADER] for r in receiver.requests}) == 3
+    assert all(
+        verify_signature(SECRET, r.body, r.headers[SIGNATURE_HEADER], delivery_id=r.headers[DELIVERY_HEADER])
+        for r in receiver.requests
+    )
+    assert receiver.requests[-1].rejected is None
 
 
 def test_unreachable_url_fails_after_max_attempts(db: Session, engine: Engine, settings: Settings) -> None:
@@ -436,7 +469,8 @@ def test_concurrent_workers_never_send_a_row_twice(
     for thread in threads:
         thread.join(timeout=30)
     assert not errors
-    sent = [(r.headers[DELIVERY_HEADER], r.path) for r in receiver.requests]
+    assert all(r.rejected is None for r in receiver.requests)
+    sent = [(r.json["event_id"], r.path) for r in receiver.requests]
     assert len(sent) == 20 and len(set(sent)) == 20
     assert sum(r.delivered for mine in reports.values() for r in mine) == 20
     assert sum(1 for mine in reports.values() if any(r.delivered for r in mine)) >= 2  # work was shared
@@ -472,28 +506,99 @@ def test_rows_locked_by_another_worker_are_skipped_not_waited_for(
 # -- signatures --------------------------------------------------------------------------------
 
 
-def test_verify_signature_accepts_only_the_exact_recent_body() -> None:
+def test_verify_signature_accepts_only_the_exact_recent_body_and_delivery() -> None:
     body = encode_body({"type": "expert.completed", "expert_id": "e"})
     now = time.time()
-    header = sign(SECRET, body, int(now))
-    assert verify_signature(SECRET, body, header, now=now)
-    assert verify_signature(SECRET, body, header)  # default now: the wall clock
-    assert not verify_signature(SECRET, body.replace(b"completed", b"failed"), header, now=now)  # tampered
-    assert not verify_signature(SECRET + "x", body, header, now=now)  # wrong secret
-    assert not verify_signature(SECRET, body, header, now=now + 301)  # stale: replay
-    assert verify_signature(SECRET, body, header, now=now + 299)
-    assert not verify_signature(SECRET, body, header, tolerance_seconds=10, now=now + 11)
-    assert not verify_signature(SECRET, body, header, now=now - 301)  # from the future
+    did = "3f2c9a0b5d6e4f718293a4b5c6d7e8f9"
+    header = sign(SECRET, body, int(now), delivery_id=did)
+
+    def ok(secret: str = SECRET, data: bytes = body, value: str = header, delivery_id: str = did, **kw: float) -> bool:
+        return verify_signature(secret, data, value, delivery_id=delivery_id, **{"now": now, **kw})
+
+    assert ok()
+    assert verify_signature(SECRET, body, header, delivery_id=did)  # default now: the wall clock
+    assert not ok(data=body.replace(b"completed", b"failed"))  # tampered body
+    assert not ok(delivery_id="0" * 32)  # another delivery id: the signature covers it
+    assert not ok(secret=SECRET + "x")  # wrong secret
+    assert not ok(now=now + 301)  # stale: replay
+    assert ok(now=now + 299)
+    assert not ok(tolerance_seconds=10, now=now + 11)
+    assert not ok(now=now - 301)  # from the future
     t = int(now)
-    forged = sign(SECRET, body, t - 1000).split(",")[1]  # an old v1 with a fresh t
-    assert not verify_signature(SECRET, body, f"t={t},{forged}", now=now)
+    forged = sign(SECRET, body, t - 1000, delivery_id=did).split(",")[1]  # an old v1 with a fresh t
+    assert not ok(value=f"t={t},{forged}")
     for bad in ("", "garbage", f"t={t}", header.split(",")[1], f"t=soon,{header.split(',')[1]}"):
-        assert not verify_signature(SECRET, body, bad, now=now)
-    assert not verify_signature("", body, header, now=now)
+        assert not ok(value=bad)
+    for bad_id in ("", "a.b", "x" * 129, "id with space"):  # a dot would make "t.id.body" ambiguous
+        assert not ok(delivery_id=bad_id)
+    with pytest.raises(ValueError, match="invalid delivery id"):
+        sign(SECRET, body, t, delivery_id="a.b")
+    assert not ok(secret="")
     # Rotation: the sender may sign with the old and the new secret at once.
-    rotated = f"{header},v1={sign('old-secret', body, t).split('v1=')[1]}"
-    assert verify_signature(SECRET, body, rotated, now=now)
-    assert verify_signature("old-secret", body, rotated, now=now)
+    rotated = f"{header},v1={sign('old-secret', body, t, delivery_id=did).split('v1=')[1]}"
+    assert ok(value=rotated) and ok(secret="old-secret", value=rotated)
+
+
+def test_verify_webhook_rejects_replays_and_says_why() -> None:
+    body = encode_body({"event_id": "ev-1", "type": "expert.completed", "expert_id": "e"})
+    now = 1_800_000_000.0
+    guard = ReplayGuard()
+
+    def headers(delivery_id: str, t: float) -> dict[str, str]:
+        return {DELIVERY_HEADER.lower(): delivery_id,  # header names are matched case-insensitively
+                SIGNATURE_HEADER: sign(SECRET, body, int(t), delivery_id=delivery_id)}
+
+    first = verify_webhook(SECRET, headers("d1", now), body, guard, now=now)
+    assert (first.delivery_id, first.timestamp, first.event["event_id"]) == ("d1", int(now), "ev-1")
+
+    def reason(h: dict[str, str], data: bytes = body, at: float = now) -> str:
+        with pytest.raises(WebhookRejected) as caught:
+            verify_webhook(SECRET, h, data, guard, now=at)
+        return caught.value.reason
+
+    assert reason(headers("d1", now), at=now + 60) == "replayed"  # the same request again
+    assert reason(headers("d2", now - 400)) == "stale"  # re-signed with a new id, but an old t
+    swapped = {**headers("d1", now), DELIVERY_HEADER: "d3"}  # a fresh id pasted onto a captured request
+    assert reason(swapped) == "bad_signature"
+    assert reason({DELIVERY_HEADER: "d4"}) == "unsigned"
+    assert reason({DELIVERY_HEADER: "bad.id", SIGNATURE_HEADER: "t=1,v1=00"}) == "malformed"
+    assert reason(headers("d5", now), data=body + b" ") == "bad_signature"
+    assert len(guard) == 1  # only the accepted delivery is remembered, never a refused one
+
+    # An id is forgotten once its t has left the window; a replay after that is stale anyway.
+    assert reason(headers("d1", now), at=now + 301) == "stale"
+    assert verify_webhook(SECRET, headers("d6", now + 301), body, guard, now=now + 301).delivery_id == "d6"
+    assert len(guard) == 1
+
+
+def test_a_replayed_delivery_is_refused_by_a_real_receiver(
+    db: Session, engine: Engine, hook_settings: Settings, receiver: Receiver
+) -> None:
+    _finish(db, "exp-r", "completed", hook_settings)
+    assert deliver_due(engine, hook_settings).delivered == 1
+    (original,) = receiver.requests
+    assert original.rejected is None
+
+    def post(headers: dict[str, str], body: bytes) -> httpx.Response:
+        keep = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length")}
+        return httpx.post(f"{receiver.url}/hook", content=body, headers=keep, timeout=10)
+
+    # Captured and sent again verbatim, within the time window: the delivery id was seen.
+    replay = post(original.headers, original.body)
+    assert (replay.status_code, replay.text) == (401, "rejected: replayed")
+
+    # Re-signed (as someone holding the secret could) with a new delivery id but the old, stale t.
+    stale_t = int(original.headers[SIGNATURE_HEADER].split(",")[0][2:]) - 600
+    resigned = {**original.headers, DELIVERY_HEADER: "f" * 32,
+                SIGNATURE_HEADER: sign(SECRET, original.body, stale_t, delivery_id="f" * 32)}
+    assert post(resigned, original.body).text == "rejected: stale"
+
+    # A new delivery id pasted onto the captured request: the signature no longer matches.
+    swapped = {**original.headers, DELIVERY_HEADER: "e" * 32}
+    assert post(swapped, original.body).text == "rejected: bad_signature"
+
+    assert [r.rejected for r in receiver.requests] == [None, "replayed", "stale", "bad_signature"]
+    assert _only_row(engine).status == "delivered"  # the outbox sent it once
 
 
 # -- the sensor, the code location, the migration ----------------------------------------------
@@ -517,7 +622,7 @@ def test_sensor_delivers_and_reports(webhook_env: None, db: Session, engine: Eng
     assert result.skip_message == "Webhooks: 1 delivered, 0 to retry, 0 failed"
     (request,) = receiver.requests
     assert request.json["type"] == "expert.cancelled"
-    assert verify_signature(SECRET, request.body, request.headers[SIGNATURE_HEADER])
+    assert request.rejected is None
     assert _only_row(engine).status == "delivered"
 
     idle = webhook_delivery_sensor(dg.build_sensor_context(resources=build_resources(settings)))

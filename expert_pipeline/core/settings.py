@@ -6,16 +6,19 @@ no network; production parts are selected by setting the variables documented in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+    # hide_input_in_errors: a bad SMTP_URL (or any model-level error) must not echo passwords or keys.
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False, hide_input_in_errors=True)
 
     expert_pipeline_home: Path = Field(default=Path("./.expert_pipeline"))
     database_url: str | None = None
@@ -82,6 +85,12 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # Completion/failure mail to the expert's owner, sent through the webhook outbox (same retries).
+    # SMTP_URL: smtp://user:pass@host:port (plain), smtp+starttls://... or smtps://... (TLS).
+    # A SecretStr so the password never shows in a repr or a log line.
+    smtp_url: SecretStr | None = None
+    notify_email_from: str | None = None
+
     @field_validator("expert_pipeline_home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
@@ -104,11 +113,48 @@ class Settings(BaseSettings):
     def _empty_secret_is_none(cls, value: Any) -> Any:
         return value or None
 
+    @field_validator("smtp_url", "notify_email_from", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return value or None
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _valid_smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_smtp_url(value.get_secret_value())  # raises naming the problem (never the password)
+        return value
+
+    @field_validator("notify_email_from")
+    @classmethod
+    def _valid_from(cls, value: str | None) -> str | None:
+        if value is not None and ("@" not in value or any(c in value for c in "\r\n")):
+            raise ValueError(f"NOTIFY_EMAIL_FROM: {value!r} is not an email address")
+        return value
+
+    @model_validator(mode="after")
+    def _mail_fully_configured(self) -> Settings:
+        # Half-configured mail would fail every delivery; refuse at startup instead.
+        if self.smtp_url is not None and not self.notify_email_from:
+            raise ValueError("SMTP_URL is set but NOTIFY_EMAIL_FROM is not: set the sender address for notifications")
+        return self
+
+    @property
+    def smtp_server(self) -> SmtpServer | None:
+        """Where notification mail goes, or None when email notifications are off."""
+        return None if self.smtp_url is None else parse_smtp_url(self.smtp_url.get_secret_value())
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return normalize_database_url(self.database_url)
         return f"sqlite:///{self.expert_pipeline_home / 'progress.db'}"
+
+    @property
+    def resolved_dagster_pg_url(self) -> str | None:
+        """DAGSTER_PG_URL with our driver spelled out: dagster-postgres's NOTIFY needs psycopg2,
+        and SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3."""
+        return normalize_database_url(self.dagster_pg_url) if self.dagster_pg_url else None
 
     @property
     def files_dir(self) -> Path:
@@ -131,12 +177,57 @@ class Settings(BaseSettings):
             path.mkdir(parents=True, exist_ok=True)
 
 
+@dataclass(frozen=True, repr=False)
+class SmtpServer:
+    """A parsed SMTP_URL. `security`: "plain" (smtp://), "starttls" (smtp+starttls://), "tls" (smtps://)."""
+
+    security: Literal["plain", "starttls", "tls"]
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+
+    def __repr__(self) -> str:  # never the password
+        return f"SmtpServer({self.security}, {self.host}:{self.port}, user={self.username!r})"
+
+
+_SMTP_SCHEMES: dict[str, tuple[Literal["plain", "starttls", "tls"], int]] = {
+    "smtp": ("plain", 25),
+    "smtp+starttls": ("starttls", 587),
+    "smtps": ("tls", 465),
+}
+
+
+def parse_smtp_url(url: str) -> SmtpServer:
+    """`smtp[s|+starttls]://[user[:password]@]host[:port]`; user and password may be %-encoded."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in _SMTP_SCHEMES:
+        raise ValueError(
+            f"SMTP_URL: unsupported scheme {parts.scheme!r} (use smtp://, smtp+starttls:// or smtps://)"
+        )
+    security, default_port = _SMTP_SCHEMES[scheme]
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        raise ValueError("SMTP_URL: the port is not a number") from None
+    if not parts.hostname:
+        raise ValueError("SMTP_URL: no host (expected smtp://user:pass@host:port)")
+    return SmtpServer(
+        security=security, host=parts.hostname, port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
 def normalize_database_url(url: str) -> str:
-    """Accept the URLs people paste (postgres://, postgresql://) and pick our driver."""
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://") :]
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg2://" + url[len("postgresql://") :]
+    """Accept every PostgreSQL URL form people paste (postgres://, postgresql://,
+    postgresql+psycopg://, postgresql+psycopg2://) and use one driver, psycopg2, for all:
+    Dagster's storage and our LISTEN both need it."""
+    url = url.strip()
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
     return url
 
 

@@ -13,23 +13,31 @@ Request::
     POST <url>
     Content-Type: application/json
     X-Expert-Pipeline-Event: expert.completed            (or expert.failed / expert.cancelled)
-    X-Expert-Pipeline-Delivery: <event_id>               (same for every URL and every retry)
+    X-Expert-Pipeline-Delivery: <delivery id>            (new for every attempt: [A-Za-z0-9_-]{1,128})
     X-Expert-Pipeline-Signature: t=<unix ts>,v1=<hex>    (only when WEBHOOK_SECRET is set)
 
     {"event_id": "...", "type": "expert.completed", "created_at": "2026-...Z",
      "expert_id": "...", "progress": {<the specification's progress fields>}}
 
-`v1` is hex(HMAC-SHA256(WEBHOOK_SECRET, f"{t}.{raw body}")). Receivers check it with
-`verify_signature` (or the same three lines in their language), which also rejects timestamps
-more than `tolerance_seconds` away from now, so a captured request cannot be replayed later.
+`v1` is hex(HMAC-SHA256(WEBHOOK_SECRET, f"{t}.{delivery id}.{raw body}")): the signature covers
+the time, the delivery id and the body, so none of them can be swapped. Receivers call
+`verify_webhook` with a `ReplayGuard` (or do the same in their language): it rejects a bad
+signature, a `t` more than `tolerance_seconds` from now, and a delivery id already accepted
+within that window, so a captured request cannot be replayed, neither later (stale `t`) nor at
+once (remembered id). `event_id` (in the signed body, the same for every URL and every retry)
+is what a receiver de-duplicates on: a retry is a new delivery of the same event.
 Without `WEBHOOK_SECRET` requests are sent UNSIGNED (no signature header): receivers then
 cannot tell our requests from anyone else's, so set a secret in production.
+
+Email: when SMTP_URL is set, `enqueue_finished` also adds one row with url `mailto:<address>`
+for a completed or failed expert whose owner has an email on their most recent non-revoked API
+token; `deliver_due` sends it with smtplib, with the same claims, retries and backoff.
 
 Delivery is at-least-once: a 2xx answer marks the row `delivered`; anything else (non-2xx,
 timeout, connection error; redirects are not followed) is retried with exponential backoff and
 jitter (about 2^attempts seconds, capped at one hour) until `WEBHOOK_MAX_ATTEMPTS`, then the
 row is `failed`. A worker that dies after sending but before recording the answer causes one
-resend, so receivers should de-duplicate on `event_id` + URL.
+resend, so receivers should de-duplicate on `event_id` + URL (mail carries a stable Message-ID).
 
 Concurrency: a worker claims due rows in a short transaction (on PostgreSQL
 `SELECT ... FOR UPDATE SKIP LOCKED`; on every backend a compare-and-set on `attempts`), moving
@@ -47,12 +55,19 @@ import json
 import logging
 import math
 import random
+import re
+import smtplib
+import ssl
+import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import formatdate
 from typing import Any
 
 import httpx
@@ -60,6 +75,8 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from expert_pipeline.core.models import (
+    ApiToken,
+    Expert,
     ExpertProcessingProgress,
     Status,
     WebhookDelivery,
@@ -165,30 +182,162 @@ def build_event(
 def enqueue_finished(
     session: Session, record: ExpertProcessingProgress, settings: Settings | None = None
 ) -> None:
-    """Add one pending delivery per configured URL to the caller's transaction (no commit).
+    """Add one pending delivery per configured URL (and the owner's mail) to the caller's transaction.
 
-    Call it right after setting the terminal status and before the commit that records it.
-    Does nothing (and touches no database) when no URL is configured.
+    Call it right after setting the terminal status and before the commit that records it (no
+    commit here). Does nothing (and touches no database) when neither WEBHOOK_URLS nor SMTP_URL
+    is configured.
     """
     settings = settings or get_settings()
-    if not settings.webhook_urls:
+    mail = settings.smtp_url is not None and record.status in MAIL_STATUSES
+    if not settings.webhook_urls and not mail:
         return
     now = utcnow()
     event = build_event(record, created_at=now)
-    session.add_all(
-        WebhookDelivery(
-            event_id=event["event_id"],
-            expert_id=record.expert_id,
-            event_type=event["type"],
-            url=url,
-            payload=event,
-            status=WebhookDeliveryStatus.PENDING,
-            attempts=0,
-            next_attempt_at=now,
+
+    def row(url: str, payload: dict[str, Any]) -> WebhookDelivery:
+        return WebhookDelivery(
+            event_id=event["event_id"], expert_id=record.expert_id, event_type=event["type"], url=url,
+            payload=payload, status=WebhookDeliveryStatus.PENDING, attempts=0, next_attempt_at=now,
             created_at=now,
         )
-        for url in dict.fromkeys(settings.webhook_urls)  # a URL listed twice gets one delivery
+
+    # A URL listed twice gets one delivery.
+    rows = [row(url, event) for url in dict.fromkeys(settings.webhook_urls)]
+    if mail:
+        message = notification_mail(session, record, event)
+        if message is not None:
+            rows.append(row(MAILTO + message["to"], message))
+    session.add_all(rows)
+
+
+# -- email -------------------------------------------------------------------------------------
+
+
+MAILTO = "mailto:"
+MAIL_STATUSES: frozenset[str] = frozenset({Status.COMPLETED, Status.FAILED})
+_MAIL_ERROR_CHARS = 2000
+_SUBJECT_ERROR_CHARS = 120
+
+
+def owner_email(session: Session, owner: str | None) -> str | None:
+    """The email on the owner's most recent non-revoked API token that has one, or None."""
+    if not owner:
+        return None
+    return session.scalar(
+        select(ApiToken.email)
+        .where(
+            ApiToken.owner == owner,
+            ApiToken.revoked_at.is_(None),
+            ApiToken.email.is_not(None),
+            ApiToken.email != "",
+        )
+        .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+        .limit(1)
     )
+
+
+def _one_line(text: str, limit: int) -> str:
+    # Control, format (bidi) and line-break characters become spaces: mail headers must be one line.
+    cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
+    cleaned = " ".join(cleaned.split())
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+def notification_mail(
+    session: Session, record: ExpertProcessingProgress, event: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The mail for a finished expert, as an outbox payload; None if there is no one to tell.
+
+    Plain words for the owner: no storage keys, no settings, no secrets; the error is the one the
+    progress row shows.
+    """
+    if record.status not in MAIL_STATUSES:
+        return None
+    expert = session.get(Expert, record.expert_id)
+    if expert is None:
+        return None
+    to = owner_email(session, expert.owner)
+    if not to:
+        return None
+    name = _one_line(expert.name, 200)
+    if record.status == Status.COMPLETED:
+        indexed, failed = record.processed_files, record.failed_files
+        files = f"{indexed} file{'' if indexed == 1 else 's'} indexed"
+        if failed:
+            files += f", {failed} could not be read"
+        subject = f'Your expert "{name}" is ready'
+        summary = f'Your expert "{name}" is ready ({files}). You can chat with it now.'
+    else:
+        error = (record.error_message or "").strip() or "no reason was recorded"
+        subject = f'Your expert "{name}" failed: {_one_line(error, _SUBJECT_ERROR_CHARS)}'
+        shown = error if len(error) <= _MAIL_ERROR_CHARS else error[: _MAIL_ERROR_CHARS - 1] + "…"
+        summary = f'Your expert "{name}" failed: {shown}'
+    finished = record.completed_at or utcnow()
+    text = (
+        f"Hello {_one_line(expert.owner or '', 200)},\n\n{summary}\n\n"
+        f"Expert: {name} ({expert.id})\n"
+        f"Finished: {finished.astimezone(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n"
+        "-- \nExpert Pipeline\n"
+    )
+    return {
+        "event_id": event["event_id"], "type": event["type"], "created_at": event["created_at"],
+        "expert_id": record.expert_id, "to": to, "subject": subject, "text": text,
+    }
+
+
+def build_mail(settings: Settings, claim_id: int, payload: Mapping[str, Any]) -> EmailMessage:
+    """The message for an outbox mail row; its Message-ID is stable, so a resend can be recognised."""
+    sender = settings.notify_email_from or ""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = str(payload["to"])
+    message["Subject"] = _one_line(str(payload["subject"]), 400)
+    message["Date"] = formatdate(usegmt=True)
+    domain = sender.rpartition("@")[2] or "expert-pipeline.invalid"
+    message["Message-ID"] = f"<{payload['event_id']}.{claim_id}@{domain}>"
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to notifications
+    message.set_content(str(payload["text"]))
+    return message
+
+
+def _smtp_code(exc: BaseException) -> int | None:
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return int(exc.smtp_code)
+    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
+        return int(next(iter(exc.recipients.values()))[0])
+    return None
+
+
+def _smtp_error(exc: BaseException) -> str:
+    # Server replies and connection errors only: the URL (and its password) is never part of it.
+    if isinstance(exc, smtplib.SMTPResponseException):
+        reply = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+        return f"SMTP {exc.smtp_code}: {reply}"
+    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
+        code, reply = next(iter(exc.recipients.values()))
+        return f"SMTP {code}: recipient refused: {reply.decode('utf-8', 'replace')}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def send_mail(settings: Settings, message: EmailMessage) -> None:
+    """Send one message through SMTP_URL with smtplib (TLS or STARTTLS as the URL says)."""
+    server = settings.smtp_server
+    if server is None:
+        raise RuntimeError("SMTP_URL is not set: email notifications are off")
+    timeout = settings.webhook_timeout_seconds
+    context = ssl.create_default_context()
+    smtp: smtplib.SMTP
+    if server.security == "tls":
+        smtp = smtplib.SMTP_SSL(server.host, server.port, timeout=timeout, context=context)
+    else:
+        smtp = smtplib.SMTP(server.host, server.port, timeout=timeout)
+    with smtp:
+        if server.security == "starttls":
+            smtp.starttls(context=context)
+        if server.username:
+            smtp.login(server.username, server.password or "")
+        smtp.send_message(message)
 
 
 # -- signing -----------------------------------------------------------------------------------
@@ -198,15 +347,48 @@ def encode_body(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _digest(secret: str, timestamp: int, body: bytes) -> str:
-    message = f"{timestamp}.".encode() + body
+_DELIVERY_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def new_delivery_id() -> str:
+    """A fresh id for one delivery attempt (no dots, so "<t>.<id>.<body>" splits one way only)."""
+    return uuid.uuid4().hex
+
+
+def _digest(secret: str, timestamp: int, delivery_id: str, body: bytes) -> str:
+    if not _DELIVERY_ID.fullmatch(delivery_id):
+        raise ValueError(f"invalid delivery id {delivery_id!r}")
+    message = f"{timestamp}.{delivery_id}.".encode() + body
     return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The `X-Expert-Pipeline-Signature` value for this body: `t=<unix ts>,v1=<hex hmac>`."""
+def sign(secret: str, body: bytes, timestamp: int | None = None, *, delivery_id: str) -> str:
+    """The `X-Expert-Pipeline-Signature` value: `t=<unix ts>,v1=<hex hmac of "t.delivery_id.body">`."""
     ts = int(time.time()) if timestamp is None else int(timestamp)
-    return f"t={ts},v1={_digest(secret, ts, body)}"
+    return f"t={ts},v1={_digest(secret, ts, delivery_id, body)}"
+
+
+def _parse_signature(header: str) -> tuple[int, list[str]] | None:
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep:
+            return None
+        if key == "t":
+            try:
+                timestamp = int(value)
+            except ValueError:
+                return None
+        elif key == "v1":
+            candidates.append(value)
+    if timestamp is None or not candidates:
+        return None
+    return timestamp, candidates
+
+
+def _seconds(now: float | datetime | None) -> float:
+    return time.time() if now is None else (now.timestamp() if isinstance(now, datetime) else float(now))
 
 
 def verify_signature(
@@ -215,39 +397,114 @@ def verify_signature(
     header: str,
     tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
     now: float | datetime | None = None,
+    *,
+    delivery_id: str,
 ) -> bool:
-    """True only if `header` signs exactly `body` with `secret` at a time within tolerance.
+    """True only if `header` signs exactly this delivery id and body with `secret`, recently.
 
-    Rejects a malformed header, an empty secret, a timestamp further than `tolerance_seconds`
-    from `now` (in either direction: replays and clock tricks), and any other signature.
-    Several `v1=` entries are accepted (one must match), for secret rotation by the sender.
+    Rejects a malformed header or delivery id, an empty secret, a timestamp further than
+    `tolerance_seconds` from `now` (in either direction: replays and clock tricks), and any
+    other signature. Several `v1=` entries are accepted (one must match), for secret rotation
+    by the sender. It does not remember delivery ids: `verify_webhook` with a `ReplayGuard` does.
     """
-    if not secret or not header:
+    if not secret or not header or not _DELIVERY_ID.fullmatch(delivery_id or ""):
         return False
-    timestamp: int | None = None
-    candidates: list[str] = []
-    for part in header.split(","):
-        key, sep, value = part.strip().partition("=")
-        if not sep:
-            return False
-        if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                return False
-        elif key == "v1":
-            candidates.append(value)
-    if timestamp is None or not candidates:
+    parsed = _parse_signature(header)
+    if parsed is None:
         return False
-    current = time.time() if now is None else (now.timestamp() if isinstance(now, datetime) else float(now))
-    if abs(current - timestamp) > tolerance_seconds:
+    timestamp, candidates = parsed
+    if abs(_seconds(now) - timestamp) > tolerance_seconds:
         return False
-    expected = _digest(secret, timestamp, body)
+    expected = _digest(secret, timestamp, delivery_id, body)
     # No early exit: compare every candidate, each in constant time.
     matched = False
     for candidate in candidates:
         matched |= hmac.compare_digest(expected.encode(), candidate.encode())
     return matched
+
+
+class WebhookRejected(ValueError):
+    """A received webhook that must not be acted on; `reason` is a short code for the receiver's log."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # "unsigned", "malformed", "bad_signature", "stale", "replayed"
+
+
+class ReplayGuard:
+    """The delivery ids a receiver has accepted, each kept until its `t` leaves the tolerance window.
+
+    After that a replay is refused by its stale `t` anyway, so memory stays bounded by the
+    deliveries of one window. In memory, for one process; a receiver running several processes
+    keeps the same (id, expiry) pairs in a shared store (e.g. a unique key with a TTL).
+    """
+
+    def __init__(self) -> None:
+        self._expiry: dict[str, float] = {}  # delivery id -> forget after (unix seconds)
+        self._lock = threading.Lock()
+
+    def first_time(self, delivery_id: str, forget_after: float, now: float) -> bool:
+        """Remember `delivery_id`; False if it was already remembered (a replay)."""
+        with self._lock:
+            for seen in [k for k, until in self._expiry.items() if until < now]:
+                del self._expiry[seen]
+            if delivery_id in self._expiry:
+                return False
+            self._expiry[delivery_id] = forget_after
+            return True
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._expiry)
+
+
+@dataclass(frozen=True)
+class VerifiedWebhook:
+    delivery_id: str
+    timestamp: int
+    event: dict[str, Any]  # the parsed body; de-duplicate on event["event_id"]
+
+
+def verify_webhook(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    replay_guard: ReplayGuard | None,
+    *,
+    tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
+    now: float | datetime | None = None,
+) -> VerifiedWebhook:
+    """Check a received request end to end, for receivers and tests; raise `WebhookRejected`.
+
+    Order: signature (over t, delivery id and body) and time window first, and only then is the
+    delivery id remembered, so forged requests can never fill or poison the guard. Pass a
+    `ReplayGuard` to refuse a delivery id seen before (None skips that check: not recommended).
+    """
+    lowered = {key.lower(): value for key, value in headers.items()}
+    header = lowered.get(SIGNATURE_HEADER.lower(), "")
+    delivery_id = lowered.get(DELIVERY_HEADER.lower(), "")
+    if not header:
+        raise WebhookRejected("unsigned", f"no {SIGNATURE_HEADER} header")
+    parsed = _parse_signature(header)
+    if parsed is None or not _DELIVERY_ID.fullmatch(delivery_id):
+        raise WebhookRejected("malformed", f"malformed {SIGNATURE_HEADER} or {DELIVERY_HEADER} header")
+    current = _seconds(now)
+    timestamp = parsed[0]
+    # Signature before time: a forged request learns nothing about the window.
+    if not verify_signature(secret, body, header, tolerance_seconds=float("inf"), now=current,
+                            delivery_id=delivery_id):
+        raise WebhookRejected("bad_signature", "the signature does not match this body and delivery id")
+    if abs(current - timestamp) > tolerance_seconds:
+        raise WebhookRejected("stale", f"signed {current - timestamp:.0f} s from now, outside ±{tolerance_seconds:g} s")
+    if replay_guard is not None and not replay_guard.first_time(delivery_id, timestamp + tolerance_seconds, current):
+        raise WebhookRejected("replayed", f"delivery {delivery_id} was already received")
+    try:
+        event = json.loads(body)
+    except ValueError:
+        raise WebhookRejected("malformed", "the body is not JSON") from None
+    if not isinstance(event, dict):
+        raise WebhookRejected("malformed", "the body is not a JSON object")
+    return VerifiedWebhook(delivery_id=delivery_id, timestamp=timestamp, event=event)
 
 
 # -- delivery ----------------------------------------------------------------------------------
@@ -374,15 +631,17 @@ def _claim_due(
 
 
 def _headers(settings: Settings, claim: _Claim, body: bytes) -> dict[str, str]:
+    # A new delivery id per attempt: a receiver that remembers ids refuses only true replays.
+    delivery_id = new_delivery_id()
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         EVENT_HEADER: claim.event_type,
-        DELIVERY_HEADER: claim.event_id,
+        DELIVERY_HEADER: delivery_id,
     }
     if settings.webhook_secret:
         # Signed at send time (wall clock), so the receiver's replay window starts now.
-        headers[SIGNATURE_HEADER] = sign(settings.webhook_secret, body)
+        headers[SIGNATURE_HEADER] = sign(settings.webhook_secret, body, delivery_id=delivery_id)
     return headers
 
 
@@ -390,7 +649,17 @@ def _short(text: str) -> str:
     return text if len(text) <= _ERROR_LIMIT else text[: _ERROR_LIMIT - 1] + "…"
 
 
+def _send_mail(settings: Settings, claim: _Claim) -> _Outcome:
+    try:
+        send_mail(settings, build_mail(settings, claim.id, claim.payload))
+    except Exception as exc:  # noqa: BLE001 - any failure of one attempt is recorded on its row
+        return _Outcome(claim, False, _smtp_code(exc), _short(_smtp_error(exc)))
+    return _Outcome(claim, True, 250, None)
+
+
 def _send(client: httpx.Client, settings: Settings, claim: _Claim) -> _Outcome:
+    if claim.url.startswith(MAILTO):
+        return _send_mail(settings, claim)
     body = encode_body(claim.payload)
     try:
         with client.stream(
