@@ -19,11 +19,13 @@ from status_api.api.admission import AdmissionLimit
 from status_api.api.auth_gate import AuthGate
 from status_api.api.errors import install_error_handlers
 from status_api.api.log_redaction import install_log_redaction
+from status_api.api.security_headers import SecurityHeaders
 from status_api.api.upload_limits import RequestSizeLimit
 from status_api.api.routes import experts, health, progress
 from status_api.api.routes import chat, stream
 from status_api.api.routes import stream_tickets
 from status_api.dashboard import install_dashboard
+from status_api.docs import install_docs
 from status_api.progress_broadcaster import ProgressBroadcaster
 
 log = logging.getLogger("status_api")
@@ -62,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Progress of expert ingestion: the documented progress endpoints.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # /docs is served from local files by install_docs, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine_for(settings.resolved_database_url)
@@ -71,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AuthGate, engine=app.state.engine)
     app.add_middleware(RequestSizeLimit, max_upload_bytes=settings.max_upload_total_bytes)
     app.add_middleware(AdmissionLimit)
+    app.add_middleware(SecurityHeaders)  # outermost: early 413/503 answers get the headers too
     app.include_router(health.router)
     app.include_router(progress.router)
     app.include_router(experts.router)
@@ -81,5 +86,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stream_tickets.router)
     app.include_router(chat.router)
     install_dashboard(app)
+    install_docs(app)
     return app
 
