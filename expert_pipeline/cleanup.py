@@ -1,7 +1,20 @@
-"""Daily cleanup: expired progress records, and everything left behind by deleted experts."""
+"""Daily cleanup: expired progress records, and everything left behind by deleted experts.
 
+Orphans: stored files and vector namespaces whose expert id has no `experts` row (deleted before
+its partition existed, or written by a run still going after the delete) are removed by
+`remove_orphaned_data`. It never races a new upload: an upload writes its files before its row
+commits, so a folder changed within the grace period (default 1 h) is kept; storage is listed
+before the rows are read, and each orphan's row is looked up once more right before deleting.
+Vectors are written only by a run, which starts after the row has committed, so a namespace
+listed before the rows were read and still without a row is a real orphan; the grace period
+applies to it too where the store knows its write time (LanceDB; Pinecone keeps none).
+Only names shaped like expert ids (UUIDs) are considered, so a bucket or index shared with
+anything else keeps whatever is not ours.
+"""
 
-from datetime import timedelta
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import dagster as dg
 from sqlalchemy import and_, delete, or_, select
@@ -66,6 +79,84 @@ def remove_deleted_experts(
     return len(gone)
 
 
+# Uploads write their files before the expert row commits; a younger orphan may be one of them.
+ORPHAN_GRACE_SECONDS = 3600.0
+EXPERTS_FOLDER = "experts/"
+_EXPERT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class OrphanCleanupConfig(dg.Config):
+    grace_seconds: float = ORPHAN_GRACE_SECONDS
+
+
+def _with_rows(catalog: ExpertCatalog, expert_ids: set[str]) -> set[str]:
+    if not expert_ids:
+        return set()
+    with Session(catalog.engine) as session:
+        return set(session.scalars(select(Expert.id).where(Expert.id.in_(sorted(expert_ids)))))
+
+
+@dg.op(description="Remove stored files and vector namespaces that no expert row owns, once older than a "
+       "grace period (an upload in flight writes its files before its row commits).")
+def remove_orphaned_data(
+    context: dg.OpExecutionContext,
+    config: OrphanCleanupConfig,
+    catalog: ExpertCatalog,
+    file_storage: dg.ResourceParam[FileStorage],
+    vector_store: dg.ResourceParam[VectorStore],
+) -> dict[str, int]:
+    cutoff = utcnow() - timedelta(seconds=config.grace_seconds)
+    # Storage first, rows second: whatever was listed and has no row now had none when listed.
+    folders = {name for name in file_storage.list_folders(EXPERTS_FOLDER) if _EXPERT_ID.fullmatch(name)}
+    namespaces = {name for name in vector_store.list_namespaces() if _EXPERT_ID.fullmatch(name)}
+    owned = _with_rows(catalog, folders | namespaces)
+    counts = {"file_folders_removed": 0, "files_removed": 0, "vector_namespaces_removed": 0,
+              "kept_within_grace": 0, "errors": 0}
+
+    def remove(kind: str, expert_id: str, changed_at: Callable[[], datetime | None], delete: Callable[[], int]) -> None:
+        try:
+            changed = changed_at()
+            if changed is not None and changed > cutoff:
+                counts["kept_within_grace"] += 1
+                context.log.info(f"Kept orphaned {kind} of {expert_id}: changed {changed.isoformat()}, within the grace period")
+                return
+            if _with_rows(catalog, {expert_id}):
+                return  # its upload committed after the listing
+            removed = delete()
+        except Exception as exc:  # noqa: BLE001 - one store error must not stop the others' cleanup
+            counts["errors"] += 1
+            context.log.warning(f"Could not remove orphaned {kind} of {expert_id}: {type(exc).__name__}: {exc}")
+            return
+        if kind == "files":
+            counts["file_folders_removed"] += 1
+            counts["files_removed"] += removed
+        else:
+            counts["vector_namespaces_removed"] += 1
+        context.log.info(f"Removed orphaned {kind} of {expert_id} (no expert row)")
+
+    for expert_id in sorted(folders - owned):
+        prefix = expert_prefix(expert_id)
+        remove("files", expert_id, lambda p=prefix: file_storage.modified_at(p),
+               lambda p=prefix: file_storage.delete_prefix(p))
+
+    def drop(namespace: str) -> int:
+        vector_store.delete_namespace(namespace)
+        return 1
+
+    for expert_id in sorted(namespaces - owned):
+        remove("vectors", expert_id, lambda n=expert_id: vector_store.modified_at(n), lambda n=expert_id: drop(n))
+
+    context.add_output_metadata({name: dg.MetadataValue.int(value) for name, value in counts.items()})
+    context.log.info(
+        f"Orphans: removed {counts['file_folders_removed']} file folders ({counts['files_removed']} files) and "
+        f"{counts['vector_namespaces_removed']} vector namespaces; kept {counts['kept_within_grace']} within the "
+        f"grace period; {counts['errors']} errors"
+    )
+    if counts["errors"]:
+        raise dg.Failure(f"{counts['errors']} orphans could not be removed (see the log); the others were")
+    return counts
+
+
 @dg.op(description="Delete finished webhook deliveries past the completed-records retention, and "
        "embedding-cache entries older than their retention.")
 def prune_outbox_and_cache(
@@ -90,10 +181,12 @@ def prune_outbox_and_cache(
     return removed
 
 
-@dg.job(description="Daily cleanup of old progress records, deleted experts' leftovers, the webhook outbox and the embedding cache.")
+@dg.job(description="Daily cleanup of old progress records, deleted experts' leftovers, orphaned files and vectors, "
+        "the webhook outbox and the embedding cache.")
 def cleanup_job() -> None:
     remove_expired_progress()
     remove_deleted_experts()
+    remove_orphaned_data()
     prune_outbox_and_cache()
 
 

@@ -9,6 +9,10 @@ It serves exactly the REST endpoints the `pinecone` SDK (10.2) calls for Pinecon
                                    "namespace", "usage": {"readUnits"}}   (cosine similarity)
 * `POST /describe_index_stats` {} -> {"namespaces": {ns: {"vectorCount"}}, "dimension",
                                       "indexFullness", "totalVectorCount", "metric", "vectorType"}
+* `GET /namespaces`            ?prefix&limit&paginationToken -> {"namespaces": [{"name", "record_count"}],
+                               "pagination": {"next"} | absent, "total_count"} (names sorted; pages
+                               of `limit`, default `namespace_page_size`; record_count as a string,
+                               as the real API sends it)
 * `POST /vectors/delete`       {"namespace", "ids" | "deleteAll" | "filter"} -> {}; a namespace
                                that does not exist is 404 {"code": 5, "message": "Namespace not found"}
 
@@ -137,6 +141,7 @@ class PineconeStandin:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _http: ThreadedServer | None = None
     port: int = 0
+    namespace_page_size: int = 100  # GET /namespaces page size when the request gives no limit
 
     # ---- control -----------------------------------------------------------------------------
 
@@ -187,6 +192,7 @@ class PineconeStandin:
             "/query": self._query,
             "/describe_index_stats": self._describe_index_stats,
             "/vectors/delete": self._delete,
+            "/namespaces": self._list_namespaces,
         }
 
         async def dispatch(request: Request) -> JSONResponse:
@@ -195,6 +201,8 @@ class PineconeStandin:
                 body = json.loads(raw) if raw else {}
             except ValueError:
                 body = None
+            if request.method == "GET":  # GET endpoints take their arguments in the query string
+                body = dict(request.query_params)
             record = RecordedRequest(
                 method=request.method,
                 path=request.url.path,
@@ -227,7 +235,7 @@ class PineconeStandin:
             return response
 
         for path in handlers:
-            app.add_api_route(path, dispatch, methods=["POST"])
+            app.add_api_route(path, dispatch, methods=["GET" if path == "/namespaces" else "POST"])
         return app
 
     # Handlers run under self._lock.
@@ -319,6 +327,27 @@ class PineconeStandin:
                 "vectorType": "dense",
             }
         )
+
+    def _list_namespaces(self, params: dict[str, Any]) -> JSONResponse:
+        prefix = params.get("prefix", "")
+        try:
+            limit = int(params.get("limit", self.namespace_page_size))
+            start = int(params.get("paginationToken", 0))
+        except ValueError:
+            return _error(400, "limit and paginationToken must be integers")
+        if not 1 <= limit <= 100:
+            return _error(400, "limit must be between 1 and 100")
+        names = sorted(name for name, vectors in self.namespaces.items() if vectors and name.startswith(prefix))
+        page = names[start : start + limit]
+        body: dict[str, Any] = {
+            "namespaces": [
+                {"name": name or "__default__", "record_count": str(len(self.namespaces[name]))} for name in page
+            ],
+            "total_count": len(names),
+        }
+        if start + limit < len(names):
+            body["pagination"] = {"next": str(start + limit)}
+        return JSONResponse(body)
 
     def _delete(self, body: dict[str, Any]) -> JSONResponse:
         namespace = body.get("namespace", "")

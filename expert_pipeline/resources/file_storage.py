@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, Protocol
 
@@ -34,6 +35,12 @@ class FileStorage(Protocol):
     def save(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> StoredFile: ...
     def fetch(self, key: str, destination: Path) -> int: ...
     def delete_prefix(self, prefix: str) -> int: ...
+    def list_folders(self, prefix: str) -> list[str]:
+        """The names of the "folders" directly below `prefix` (e.g. expert ids under "experts/")."""
+        ...
+    def modified_at(self, prefix: str) -> datetime | None:
+        """When anything below the folder `prefix` last changed (UTC); None if nothing is there."""
+        ...
     def take_trouble(self) -> dict[int, int]:
         """Answers a remote store gave that its SDK retried (status -> count) since the last call."""
         ...
@@ -89,3 +96,22 @@ class LocalFileStorage(dg.ConfigurableResource):
         count = sum(1 for p in path.rglob("*") if p.is_file())
         shutil.rmtree(path)
         return count
+
+    def list_folders(self, prefix: str) -> list[str]:
+        path = self._path(prefix.rstrip("/"))
+        if not path.is_dir():
+            return []
+        return sorted(entry.name for entry in path.iterdir() if entry.is_dir())
+
+    def modified_at(self, prefix: str) -> datetime | None:
+        path = self._path(prefix.rstrip("/"))
+        if not path.exists():
+            return None
+        # Directories count too: an upload creates its folder before the first byte is written.
+        newest = path.stat().st_mtime
+        for entry in path.rglob("*"):
+            try:
+                newest = max(newest, entry.stat().st_mtime)
+            except FileNotFoundError:  # removed while we walk (a failed upload cleaning up)
+                continue
+        return datetime.fromtimestamp(newest, UTC)

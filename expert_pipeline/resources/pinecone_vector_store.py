@@ -11,6 +11,8 @@ cosine similarity. Calls and endpoints (pinecone 10.2, header `X-Pinecone-Api-Ve
                                                                       POST /query
 * `delete_namespace` -> `Index.delete(delete_all=True, namespace=ns)` POST /vectors/delete
 * `delete_ids`       -> `Index.delete(ids=[...], namespace=ns)`       POST /vectors/delete
+* `list_namespaces`  -> `Index.list_namespaces()`                     GET /namespaces (paged);
+                        `describe_index_stats` where that API is missing (older/pod indexes)
 
 Limits kept here (Pinecone's documented data-plane limits):
 
@@ -39,6 +41,7 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -180,6 +183,25 @@ class PineconeVectorStore(dg.ConfigurableResource):
                 index.delete(ids=unique[start : start + DELETE_BATCH_SIZE], namespace=namespace)
             except NotFoundError:
                 return  # the namespace does not exist, so none of the ids are stored
+
+    def list_namespaces(self) -> list[str]:
+        """Every namespace in the index except the default one (never an expert's)."""
+        from pinecone import ApiError
+
+        try:
+            names = [ns.name for page in self.index.list_namespaces() for ns in page.namespaces]
+        except ApiError as exc:
+            if getattr(exc, "status_code", None) not in (400, 404, 405, 501):
+                raise
+            # No namespaces API on this index: the stats name every namespace that holds vectors.
+            log.info("Pinecone list_namespaces unavailable (%s); using describe_index_stats", exc)
+            names = list(self.index.describe_index_stats().namespaces)
+        return sorted({name for name in names if name and name != "__default__"})
+
+    def modified_at(self, namespace: str) -> datetime | None:
+        """Always None: Pinecone keeps no write time for a namespace."""
+        _check_namespace(namespace)
+        return None
 
     # ---- configuration and the client --------------------------------------------------------
 

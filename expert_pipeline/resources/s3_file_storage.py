@@ -29,6 +29,7 @@ import hashlib
 import logging
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -147,6 +148,32 @@ class S3FileStorage(dg.ConfigurableResource):
                         f"s3://{self.bucket}/{object_prefix} ({deleted} deleted so far): {shown}"
                     )
         return deleted
+
+    def list_folders(self, prefix: str) -> list[str]:
+        """The "folders" directly below `prefix`: one ListObjectsV2 walk with Delimiter="/"."""
+        object_prefix = self._object_key(prefix.rstrip("/")) + "/"
+        names: list[str] = []
+        for page in self._get_client().get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=object_prefix, Delimiter="/"
+        ):
+            for common in page.get("CommonPrefixes", []):
+                names.append(common["Prefix"][len(object_prefix):].rstrip("/"))
+        return sorted(name for name in names if name)
+
+    def modified_at(self, prefix: str) -> datetime | None:
+        """The newest LastModified below the folder `prefix`; None if it holds no object.
+
+        An upload still in progress is not an object yet (S3 shows objects only when complete).
+        """
+        object_prefix = self._object_key(prefix.rstrip("/")) + "/"
+        newest: datetime | None = None
+        for page in self._get_client().get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=object_prefix
+        ):
+            for item in page.get("Contents", []):
+                stamp = item["LastModified"].astimezone(UTC)
+                newest = stamp if newest is None or stamp > newest else newest
+        return newest
 
     # -- startup check ----------------------------------------------------------------------
 

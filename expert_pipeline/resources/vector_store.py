@@ -12,7 +12,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
@@ -58,6 +58,14 @@ class VectorStore(Protocol):
     def delete_namespace(self, namespace: str) -> None: ...
 
     def delete_ids(self, namespace: str, ids: Sequence[str]) -> None: ...
+
+    def list_namespaces(self) -> list[str]:
+        """Every namespace this store holds (for the cleanup of ones no expert owns)."""
+        ...
+
+    def modified_at(self, namespace: str) -> datetime | None:
+        """When `namespace` was last written (UTC); None if the store cannot tell or it is gone."""
+        ...
 
 
 def vector_id(expert_id: str, file_id: str, chunk_index: int) -> str:
@@ -107,6 +115,20 @@ def table_name(namespace: str) -> str:
     if len(encoded) > _MAX_ENCODED_NAMESPACE_BYTES:
         raise ValueError(f"namespace is too long ({len(encoded)} bytes): {namespace[:40]!r}...")
     return f"expert_x_{encoded.hex()}"
+
+
+def namespace_of_table(name: str) -> str | None:
+    """The namespace a table holds (the inverse of `table_name`); None for tables not named by it."""
+    if name.startswith("expert_x_"):
+        try:
+            namespace = bytes.fromhex(name[len("expert_x_"):]).decode("utf-8")
+        except ValueError:
+            return None
+        return namespace if namespace and table_name(namespace) == name else None
+    if name.startswith("expert_"):
+        namespace = name[len("expert_"):]
+        return namespace if _PLAIN_NAMESPACE.fullmatch(namespace) else None
+    return None
 
 
 def _schema(dimensions: int) -> pa.Schema:
@@ -290,3 +312,25 @@ class LanceDBVectorStore(dg.ConfigurableResource):
         for start in range(0, len(unique), _DELETE_BATCH):
             # An expression, not an SQL string: ids are never quoted or escaped by hand.
             table.delete(col("id").isin([lit(i) for i in unique[start : start + _DELETE_BATCH]]))
+
+    def list_namespaces(self) -> list[str]:
+        names: list[str] = []
+        page_token: str | None = None
+        while True:
+            page = self.connection.list_tables(page_token=page_token)
+            names.extend(page.tables)
+            page_token = page.page_token
+            if not page_token:
+                break
+        return sorted(ns for ns in (namespace_of_table(name) for name in names) if ns is not None)
+
+    def modified_at(self, namespace: str) -> datetime | None:
+        table = self._open(namespace)
+        if table is None:
+            return None
+        versions = table.list_versions()
+        if not versions:
+            return None
+        stamp = max(version["timestamp"] for version in versions)
+        # Lance reports naive local time; astimezone() reads a naive value as local time.
+        return stamp.astimezone(UTC)
