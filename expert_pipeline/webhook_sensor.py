@@ -1,4 +1,6 @@
-"""Sends due webhook deliveries from the outbox (expert_pipeline/core/webhooks.py); starts no runs.
+"""Sends due webhook deliveries and notification mail from the outbox (expert_pipeline/core/webhooks.py).
+
+Starts no runs. Mail rows (url `mailto:...`) go out through SMTP_URL with the same retries.
 
 No `from __future__ import annotations` here: Dagster inspects the sensor's type hints.
 """
@@ -21,12 +23,13 @@ TICK_BUDGET_SECONDS = 20.0
     minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Sends the signed webhooks (expert.completed / expert.failed / expert.cancelled) that are "
-        "due, retrying with backoff; every attempt is recorded in webhook_deliveries."
+        "Sends the signed webhooks (expert.completed / expert.failed / expert.cancelled) and the owners' "
+        "completion/failure mail that are due, retrying with backoff; every attempt is recorded in "
+        "webhook_deliveries."
     ),
 )
 def webhook_delivery_sensor(context: dg.SensorEvaluationContext, catalog: ExpertCatalog) -> dg.SkipReason:
-    # WEBHOOK_SECRET is read from the environment here, never put in resource config (the UI).
+    # WEBHOOK_SECRET and SMTP_URL are read from the environment here, never put in resource config (the UI).
     settings = get_settings()
     total = DeliveryReport()
     deadline = time.monotonic() + TICK_BUDGET_SECONDS
