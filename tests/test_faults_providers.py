@@ -70,7 +70,8 @@ def _files(settings: Settings, expert_id: str) -> dict[str, ExpertFile]:
 
 
 def _retry_through_the_api(settings: Settings, expert_id: str) -> None:
-    with TestClient(create_app(settings)) as client:
+    # Local mode serves loopback peers by a loopback name only: the test client says it is one.
+    with TestClient(create_app(settings), base_url="http://localhost", client=("127.0.0.1", 50000)) as client:
         response = client.post(f"/api/experts/{expert_id}/retry")
         assert response.status_code == 202, response.text
 

@@ -138,18 +138,30 @@ class AuthGate:
             outcome = await anyio.to_thread.run_sync(self._resolve, token, ticket)
         except (OperationalError, PoolTimeoutError, DBAPIError) as exc:
             log.warning("database unavailable while authenticating: %s", exc.__class__.__name__, exc_info=exc)
-            await error_response(503, DATABASE_UNAVAILABLE)(scope, receive, send)
+            await self._refuse(scope, receive, send, headers, 503, DATABASE_UNAVAILABLE)
             return
         if isinstance(outcome, _Refusal):
-            await error_response(401, outcome.message, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            await self._refuse(scope, receive, send, headers, 401, outcome.message, {"WWW-Authenticate": "Bearer"})
             return
         if outcome.token_id is None:  # local mode
             refusal = local_mode_refusal(scope, headers)
             if refusal is not None:
-                await error_response(403, refusal)(scope, receive, send)
+                await self._refuse(scope, receive, send, headers, 403, refusal)
                 return
         scope.setdefault("state", {})[PRINCIPAL_STATE_KEY] = outcome
         await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(
+        scope: Scope, receive: Receive, send: Send, headers: Headers, status: int, message: str,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        """Answer without reading the body; a request that has one is answered with
+        `Connection: close`, so the server hangs up instead of draining the rest."""
+        out = dict(extra or {})
+        if "transfer-encoding" in headers or headers.get("content-length", "0") not in ("", "0"):
+            out["Connection"] = "close"
+        await error_response(status, message, headers=out)(scope, receive, send)
 
     def _resolve(self, token: str | None, ticket: str | None) -> Principal | _Refusal:
         """The caller, in one session (runs in a worker thread)."""
