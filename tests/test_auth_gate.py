@@ -24,7 +24,7 @@ from expert_pipeline.core import auth
 from expert_pipeline.core.settings import Settings
 from status_api.api.auth_gate import AuthGate
 from tests.api_process import ApiProcess
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, free_port
 
 MB = 1024 * 1024
 CREATE_A_TOKEN = "expert-pipeline tokens create --owner NAME"
@@ -309,3 +309,12 @@ def test_the_gate_tells_loopback_peers_from_others(engine: Engine) -> None:
         assert status == 204 and state is not None and state["principal"] == auth.LOCAL_PRINCIPAL, client
     for client in (("192.0.2.7", 5000), ("10.0.0.1", 1), ("::ffff:192.0.2.7", 1), ("fd00::2", 1), ("testclient", 1)):
         assert _call_gate(engine, client) == (403, None), client
+
+
+def test_the_gate_answers_503_when_the_database_is_down() -> None:
+    from sqlalchemy import create_engine
+
+    closed_port = free_port()  # nothing listens there
+    down = create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{closed_port}/none",
+                         connect_args={"connect_timeout": 2})
+    assert _call_gate(down, ("127.0.0.1", 1)) == (503, None)

@@ -44,11 +44,17 @@ LOOPBACK_HOST_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 LOOPBACK_ORIGIN_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-CREATE_A_TOKEN = "create an API token (`expert-pipeline tokens create --owner NAME`) and send it as 'Authorization: Bearer <token>'"
-NOT_LOOPBACK_PEER = f"This API has no API tokens yet (local mode) and serves only this machine. To use it from another one, {CREATE_A_TOKEN}."
+CREATE_A_TOKEN = (
+    "create an API token (`expert-pipeline tokens create --owner NAME`) and send it as "
+    "'Authorization: Bearer <token>'"
+)
+NOT_LOOPBACK_PEER = (
+    "This API has no API tokens yet (local mode) and serves only this machine. "
+    f"To use it from another one, {CREATE_A_TOKEN}."
+)
 NOT_LOOPBACK_HOST = (
-    "In local mode (no API tokens) this API answers only to the host names localhost, 127.0.0.1 and [::1], "
-    f"not {{host!r}}. To serve other names, {CREATE_A_TOKEN}."
+    "In local mode (no API tokens) this API answers only to the host names localhost, 127.0.0.1 "
+    f"and [::1], not {{host!r}}. To serve other names, {CREATE_A_TOKEN}."
 )
 FOREIGN_ORIGIN = (
     "In local mode (no API tokens) this API refuses changes requested by pages from other origins "
