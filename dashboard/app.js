@@ -234,7 +234,7 @@ function detailLines(p) {
   if (typeof p.eta_seconds === "number" && p.eta_seconds > 0) {
     lines.push([`About ${formatDuration(p.eta_seconds)} left`, false]);
   }
-  if (p.stalled) lines.push(["No sign of life from the run for a while — it may be stuck", true]);
+  if (p.stalled) lines.push([p.stalled_reason || "Not moving for a while — it may be stuck", true]);
   return lines;
 }
 
@@ -323,7 +323,7 @@ function renderCard(id, { live = false } = {}) {
   // Chat: only once the expert is complete; say why and how far along otherwise.
   const button = $(".chat-button", card);
   const hint = $(".chat-hint", card);
-  const ready = status === "completed";
+  const ready = canChat(expert);
   button.disabled = !ready;
   button.textContent = ready ? `Chat with ${expert.name}` : "Chat";
   let why = "";
@@ -649,9 +649,17 @@ function setUpCreateForm() {
 
 // -- chat ------------------------------------------------------------------------------------
 
+// The API's rule (expert.ready): indexed files and no run under way; a progress record that
+// the cleanup removed does not make a ready expert unready.
+function canChat(expert) {
+  const status = expert.progress?.status;
+  if (status === "pending" || status === "in_progress") return false;
+  return status === "completed" || expert.ready === true;
+}
+
 function openChat(id) {
   const expert = state.experts.get(id);
-  if (!expert || expert.progress?.status !== "completed") return;
+  if (!expert || !canChat(expert)) return;
   const dialog = $("#chat-dialog");
   if (state.chatExpertId !== id) $("#transcript").replaceChildren();
   state.chatExpertId = id;

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from expert_pipeline.core.models import ExpertProcessingProgress, Status, utcnow
-from expert_pipeline.core.progress_service import ExpertProcessingProgressService
+from expert_pipeline.core.progress_service import ExpertProcessingProgressService, owned_by
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.maintenance_settings import MaintenanceSettings
 
@@ -46,8 +46,13 @@ def build_dead_run_sensor(check_interval_seconds: int = 30) -> dg.SensorDefiniti
                 run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
                 if run is not None and not run.is_finished:
                     context.instance.report_run_failed(run, reason)
-                ExpertProcessingProgressService(session).mark_failed(record.expert_id, reason)
-                handled.append(record.expert_id)
+                # Only while that run still owns the row: it may have been re-queued meanwhile.
+                failed = ExpertProcessingProgressService(session).finish_if(
+                    record.expert_id, Status.FAILED, reason,
+                    lambda r, run_id=record.run_id: owned_by(r, run_id) and (r.heartbeat_at or r.updated_at) < cutoff,
+                )
+                if failed:
+                    handled.append(record.expert_id)
         return dg.SkipReason(f"{len(handled)} dead run(s) handled" if handled else "no dead runs")
 
     return dead_run_sensor

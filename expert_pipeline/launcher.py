@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
+
+import psutil
 
 from expert_pipeline.core.db import migrate
 from expert_pipeline.core.settings import get_settings
+from expert_pipeline.instance_storage import InstanceStorageError, prepare_instance
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,8 +62,16 @@ def run_servers(api_only: bool = False) -> int:
     if not api_only:
         dagster_home = settings.dagster_home
         dagster_home.mkdir(parents=True, exist_ok=True)
+        if settings.resolved_dagster_pg_url:
+            # Every URL form the README accepts, spelled the way dagster-postgres needs it.
+            os.environ["DAGSTER_PG_URL"] = env["DAGSTER_PG_URL"] = settings.resolved_dagster_pg_url
         _install_instance_config(dagster_home)
-        env["DAGSTER_HOME"] = str(dagster_home)
+        os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"] = str(dagster_home)
+        try:
+            prepare_instance(dagster_home, say=lambda line: print(line, flush=True))
+        except InstanceStorageError as exc:
+            print(exc, file=sys.stderr, flush=True)
+            return 1
         workspace = str(REPO_ROOT / "workspace.yaml")
         commands["Dagster UI"] = [
             str(bin_dir / "dagster-webserver"), "-w", workspace,
@@ -69,8 +81,18 @@ def run_servers(api_only: bool = False) -> int:
         urls["Dagster UI"] = f"http://127.0.0.1:{settings.dagster_webserver_port}"
         urls["dashboard"] = f"http://{host}:{settings.status_api_port}/dashboard"
 
-    # `kill` and service managers send SIGTERM; stop the children then too, not only on Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C, `kill`, a service manager: one stop, however many signals arrive (make passes a
+    # group's SIGTERM on, so it comes twice); a second one must not cut the cleanup short.
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        if not stop.is_set():
+            print(f"stopping ({signal.Signals(signum).name})...", flush=True)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_stop)
     processes = {
         name: subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, start_new_session=True)
         for name, cmd in commands.items()
@@ -78,30 +100,45 @@ def run_servers(api_only: bool = False) -> int:
     for name, url in urls.items():
         print(f"  {name:15s} {url}", flush=True)
     print("Press Ctrl-C to stop.", flush=True)
+    code = 0
     try:
-        while True:
-            for name, proc in processes.items():
-                if proc.poll() is not None:
-                    print(f"{name} exited with code {proc.returncode}; stopping the others", flush=True)
-                    return proc.returncode or 1
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        print("stopping...", flush=True)
-        return 0
+        while not stop.wait(0.5):
+            exited = next(((n, p) for n, p in processes.items() if p.poll() is not None), None)
+            if exited is not None:
+                name, proc = exited
+                print(f"{name} exited with code {proc.returncode}; stopping the others", flush=True)
+                code = proc.returncode or 1
+                break
     finally:
-        _stop_all(list(processes.values()))
+        stop_all(list(processes.values()))
+    return code
 
 
-def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
-    for proc in processes:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
+def stop_all(processes: list[subprocess.Popen[bytes]], grace: float = 15.0) -> None:
+    """SIGTERM each server's process group and every descendant (a run worker may sit in a
+    session of its own), wait up to `grace` seconds, then SIGKILL whatever is left."""
+    victims: dict[int, psutil.Process] = {}
     for proc in processes:
         try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            parent = psutil.Process(proc.pid)
+            victims[parent.pid] = parent
+            victims.update({child.pid: child for child in parent.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    for victim in victims.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.terminate()
+    _gone, alive = psutil.wait_procs(list(victims.values()), timeout=grace)
+    for victim in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.kill()
+    for proc in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything that joined a group after the snapshot
+        proc.wait()
 
 
 POSTGRES_STORAGE = """

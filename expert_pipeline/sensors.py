@@ -1,18 +1,22 @@
 """Sensors: start a run for every new expert; turn runs that die into truthful progress rows."""
 
 import re
+import time
 
 import dagster as dg
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from expert_pipeline.core.models import ExpertProcessingProgress, Status
-from expert_pipeline.core.progress_service import ExpertProcessingProgressService, ProgressNotFound
+from expert_pipeline.core.pipeline_health import BEAT_INTERVAL_SECONDS, record_beat
+from expert_pipeline.core.progress_service import ExpertProcessingProgressService, owned_by
 from expert_pipeline.jobs import ingest_job
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 
 PARTITION_TAG = "dagster/partition"
+RUN_KEY_TAG = "dagster/run_key"
+PARENT_RUN_TAG = "dagster/parent_run_id"
 
 
 def run_key_for(record: ExpertProcessingProgress) -> str:
@@ -28,6 +32,7 @@ def run_key_for(record: ExpertProcessingProgress) -> str:
     description="Picks up experts waiting in `pending`, adds their partition and requests one run each.",
 )
 def pending_experts_sensor(context: dg.SensorEvaluationContext, catalog: ExpertCatalog) -> dg.SensorResult:
+    cursor = _beat_if_due(context, catalog)
     with Session(catalog.engine) as session:
         pending = list(
             session.scalars(
@@ -45,33 +50,54 @@ def pending_experts_sensor(context: dg.SensorEvaluationContext, catalog: ExpertC
             for r in pending
         ],
         dynamic_partitions_requests=[experts.build_add_request(new_keys)] if new_keys else [],
+        cursor=cursor,
     )
+
+
+def _beat_if_due(context: dg.SensorEvaluationContext, catalog: ExpertCatalog) -> str | None:
+    """Leave the pipeline's heartbeat (this sensor ticking proves the daemon and the code
+    location are up), with what the API cannot see without Dagster: the run queue."""
+    now = time.time()
+    last = float(context.cursor) if context.cursor else 0.0
+    if now - last < BEAT_INTERVAL_SECONDS:
+        return context.cursor
+    queued = context.instance.get_runs_count(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]))
+    with Session(catalog.engine) as session:
+        record_beat(session, {"queued_runs": queued})
+    return str(now)
 
 
 def _expert_of(run: dg.DagsterRun) -> str | None:
     return run.tags.get(PARTITION_TAG)
 
 
-def _finish(catalog: ExpertCatalog, run: dg.DagsterRun, status: Status, message: str) -> None:
+def _finish(
+    context: dg.RunStatusSensorContext, catalog: ExpertCatalog, status: Status, message: str, detail: str | None = None
+) -> None:
+    """Give the expert its final state for a run that ended outside asset code, but only when
+    that run owns the row: a cancelled or killed run's end must not overwrite a newer request."""
+    run = context.dagster_run
     expert_id = _expert_of(run)
     if not expert_id:
         return
+
+    def owns(record: ExpertProcessingProgress) -> bool:
+        if record.run_id is not None:
+            return owned_by(record, run.run_id)
+        # Not claimed yet: the run died before its first step, and is the run of this request.
+        return record.status == Status.PENDING and run.tags.get(RUN_KEY_TAG) == run_key_for(record)
+
     with Session(catalog.engine) as session:
         service = ExpertProcessingProgressService(session)
-        record = service.get_progress(expert_id)
-        if record is None:
-            return  # deleted meanwhile
-        if record.run_id not in (None, run.run_id) and record.status == Status.IN_PROGRESS:
-            # A retry already owns the row: keep its progress, but let the history say why.
-            service.record_event(expert_id, f"Run {run.run_id} ended: {message}", {"run_id": run.run_id})
+        if service.finish_if(expert_id, status, message, owns, detail):
             return
-        try:
-            if status == Status.CANCELLED:
-                service.mark_cancelled(expert_id, message)
-            else:
-                service.mark_failed(expert_id, message)
-        except ProgressNotFound:
-            pass  # the expert was deleted meanwhile; nothing left to report on
+        record = service.get_progress(expert_id)
+        if record is None or record.status != Status.IN_PROGRESS or record.run_id is None:
+            return  # deleted, re-queued by a user, or already final: nothing of this run to say
+        owner = context.instance.get_run_by_id(record.run_id)
+        if owner is not None and owner.tags.get(PARENT_RUN_TAG) == run.run_id:
+            # Dagster's retry of this run already owns the row: keep its progress, say why it exists.
+            service.record_event(expert_id, f"Run {run.run_id} ended: {message}", {"run_id": run.run_id})
 
 
 @dg.run_failure_sensor(
@@ -81,8 +107,12 @@ def _finish(catalog: ExpertCatalog, run: dg.DagsterRun, status: Status, message:
     description="Marks the expert failed when its run dies outside asset code (crash, lost worker).",
 )
 def ingest_failure_sensor(context: dg.RunFailureSensorContext, catalog: ExpertCatalog) -> None:
-    reason = _worker_death(context) or context.failure_event.message or "the run failed"
-    _finish(catalog, context.dagster_run, Status.FAILED, f"Processing stopped unexpectedly: {reason}")
+    # Dagster's own words ("Execution of run ... failed. Steps failed: [...]") are for operators.
+    reason = _worker_death(context) or "the run ended before its steps could report. Retry; if it fails again, an operator can see the cause in the Dagster UI"
+    _finish(
+        context, catalog, Status.FAILED, f"Processing stopped unexpectedly: {reason}",
+        detail=context.failure_event.message or None,
+    )
 
 
 # The code server reports a run process that died (kill -9, out of memory) in an engine event;
@@ -109,5 +139,4 @@ def _worker_death(context: dg.RunFailureSensorContext) -> str | None:
     description="Marks the expert cancelled when its run is terminated (UI or API).",
 )
 def ingest_cancelled_sensor(context: dg.RunStatusSensorContext, catalog: ExpertCatalog) -> None:
-    run = context.dagster_run
-    _finish(catalog, run, Status.CANCELLED, f"Cancelled: run {run.run_id} was terminated")
+    _finish(context, catalog, Status.CANCELLED, f"Cancelled: run {context.dagster_run.run_id} was terminated")

@@ -86,6 +86,10 @@ class ExpertWorkArea:
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def remove_expert(self) -> None:
+        """Remove every run's work area of this expert (this one is `<work>/<expert>/<run>`)."""
+        shutil.rmtree(self.dir.parent, ignore_errors=True)
+
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, object]], measure: str) -> tuple[int, int]:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,7 @@ from expert_pipeline.core.models import (
     Status,
     utcnow,
 )
+from expert_pipeline.core.pipeline_health import PipelineState, read_state, stall_reason
 from expert_pipeline.core.settings import Settings, get_settings
 from status_api.progress_view import present
 from status_api.schemas import ProgressRecord
@@ -102,15 +103,35 @@ class ProgressChange:
         return (self.updated_at, self.revision)
 
     @property
-    def stalled(self) -> bool:
-        return bool(self.record is not None and self.record.stalled)
+    def stalled_reason(self) -> str | None:
+        return self.record.stalled_reason if self.record is not None else None
 
-    def with_stalled(self, stalled: bool) -> ProgressChange:
+    def with_stalled(self, reason: str | None) -> ProgressChange:
         assert self.record is not None
-        record = self.record.model_copy(update={"stalled": stalled})
+        record = self.record.model_copy(update={"stalled": reason is not None, "stalled_reason": reason})
         return replace(
             self, record=record, frame=sse_frame("progress", record.model_dump_json()), revision=self.revision + 1
         )
+
+
+@dataclass(frozen=True)
+class _Liveness:
+    """What `stall_reason` reads of a row, from what a change already knows."""
+
+    status: str
+    started_at: datetime
+    updated_at: datetime
+    heartbeat_at: datetime | None
+
+
+def _alive_at(row: Any) -> datetime | None:
+    """The last sign of life stall flips are worked out from: a run's heartbeat, or for a
+    pending expert when it was queued."""
+    if row.status == Status.IN_PROGRESS:
+        return row.heartbeat_at or row.updated_at  # type: ignore[no-any-return]
+    if row.status == Status.PENDING:
+        return row.started_at  # type: ignore[no-any-return]
+    return None
 
 
 def sse_frame(event: str, data: str) -> bytes:
@@ -231,6 +252,8 @@ class ProgressBroadcaster:
         self.use_listen = use_listen and engine.dialect.name == "postgresql"
         self.token_recheck_seconds = token_recheck_seconds
         self._recheck_at = 0.0
+        self._pipeline: PipelineState | None = None
+        self._pipeline_read_at = 0.0
         self.stats = BroadcasterStats()
 
         self._all: set[Subscription] = set()
@@ -456,12 +479,17 @@ class ProgressBroadcaster:
                 pending.pop(row.expert_id, None)
         order = sorted(pending.items(), key=lambda item: (item[1], item[0]))
         queue = {expert_id: position for position, (expert_id, _) in enumerate(order, 1)}
+        if pending and time.monotonic() - self._pipeline_read_at > 2.0:
+            # Whether anything will pick the pending experts up: one small read, now and then.
+            with Session(self.engine) as session:
+                self._pipeline = read_state(session)
+            self._pipeline_read_at = time.monotonic()
         now = utcnow()
         return [
             encode_record(
-                present(row, self.settings, queue, now),  # type: ignore[arg-type]
+                present(row, self.settings, queue, now, self._pipeline),  # type: ignore[arg-type]
                 owner=row.expert_owner,
-                alive_at=(row.heartbeat_at or row.updated_at) if row.status == Status.IN_PROGRESS else None,
+                alive_at=_alive_at(row),
             )
             for row in rows
         ]
@@ -507,14 +535,14 @@ class ProgressBroadcaster:
     def _push_stall_flips(self) -> None:
         """A heartbeat does not touch `updated_at`, so a run going quiet produces no change to
         read; the flag is worked out here from the last sign of life already known."""
-        limit = timedelta(seconds=self.settings.stall_after_seconds)
         now = utcnow()
         for change in list(self._active.values()):
             if change.alive_at is None or change.record is None:
                 continue
-            stalled = now - change.alive_at > limit
-            if stalled != change.stalled:
-                self._resend(change.with_stalled(stalled))
+            liveness = _Liveness(change.status, change.started_at, change.alive_at, change.alive_at)
+            reason = stall_reason(liveness, now, self.settings.stall_after_seconds, self._pipeline)
+            if reason != change.stalled_reason:
+                self._resend(change.with_stalled(reason))
 
     def _prune(self, since: datetime) -> None:
         # A version older than the window can never be read again by time; drop it unless it

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 
 from expert_pipeline.core.models import ExpertProcessingProgress, Status, utcnow
+from expert_pipeline.core.pipeline_health import PipelineState, read_state, stall_reason
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
+from status_api.pipeline_probe import peek
 from status_api.schemas import ProgressRecord
 
 
@@ -22,12 +25,12 @@ def present(
     settings: Settings,
     queue: dict[str, int] | None = None,
     now: datetime | None = None,
+    pipeline: PipelineState | None = None,
 ) -> ProgressRecord:
     now = now or utcnow()
     view = ProgressRecord.model_validate(record)
-    if record.status == Status.IN_PROGRESS:
-        alive = record.heartbeat_at or record.updated_at
-        view.stalled = now - alive > timedelta(seconds=settings.stall_after_seconds)
+    view.stalled_reason = stall_reason(record, now, settings.stall_after_seconds, pipeline)
+    view.stalled = view.stalled_reason is not None
     if record.status == Status.PENDING and queue is not None:
         view.queue_position = queue.get(record.expert_id)
     return view
@@ -36,6 +39,12 @@ def present(
 def present_many(
     records: Sequence[ExpertProcessingProgress], settings: Settings, service: ExpertProcessingProgressService
 ) -> list[ProgressRecord]:
-    queue = queue_positions(service) if any(r.status == Status.PENDING for r in records) else {}
+    waiting = any(r.status == Status.PENDING for r in records)
+    queue = queue_positions(service) if waiting else {}
+    pipeline = read_state(service.db) if waiting else None
+    if pipeline is not None and not pipeline.alive(utcnow()):
+        diagnosis = peek()  # Dagster's own view, where it could be had without waiting
+        if diagnosis is not None and diagnosis.summary:
+            pipeline = replace(pipeline, diagnosis=diagnosis.summary)
     now = utcnow()
-    return [present(r, settings, queue, now) for r in records]
+    return [present(r, settings, queue, now, pipeline) for r in records]

@@ -40,7 +40,12 @@ class ProgressRecord(BaseModel):
     )
     chunks_per_second: float | None = Field(default=None, description="Smoothed embedding throughput")
     heartbeat_at: datetime | None = Field(default=None, description="Last sign of life from the run")
-    stalled: bool = Field(default=False, description="In progress, but no sign of life for STALL_AFTER_SECONDS")
+    stalled: bool = Field(
+        default=False,
+        description="Not moving for STALL_AFTER_SECONDS: a run with no sign of life, or a pending expert "
+        "that no pipeline worker has taken",
+    )
+    stalled_reason: str | None = Field(default=None, description="Why it is stalled, for people; null when not")
     queue_position: int | None = Field(default=None, description="1 = next to start; only while pending")
 
 
@@ -85,9 +90,24 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="What went wrong, in words a person can act on")
 
 
+class PipelineHealth(BaseModel):
+    status: Literal["ok", "down", "unknown"] = Field(
+        description="ok: the pipeline picked work up recently; down: it stopped; unknown: it never ran here"
+    )
+    last_seen_seconds_ago: float | None = Field(description="Since the pending-experts sensor last ticked")
+    daemon_heartbeat_age_seconds: float | None = Field(
+        default=None, description="Age of the Dagster daemon's newest heartbeat (looked up when the pipeline is down)"
+    )
+    code_location_error: str | None = None
+    queued_runs: int | None = Field(default=None, description="Runs waiting in Dagster's queue")
+    stalled_experts: int = Field(description="Pending experts waiting longer than STALL_AFTER_SECONDS")
+    reason: str | None = Field(default=None, description="Why ingestion cannot progress, when it cannot")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "unavailable"]
     database: str
+    pipeline: PipelineHealth | None = None
 
 
 class ExpertFileOut(BaseModel):

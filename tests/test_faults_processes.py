@@ -30,6 +30,7 @@ from expert_pipeline.parts import build_vector_store
 from status_api.main import create_app
 from tests.conftest import LiveServer, skip_or_fail
 from tests.fixture_documents import make_pdf, sample_paragraphs
+from tests.waiting import wait_for
 from tests.pipeline_helpers import create_expert
 from tests.postgres_cluster import PostgresCluster, find_pg_bin
 
@@ -40,15 +41,6 @@ BIN = Path(sys.executable).parent
 
 def _long_pdf(path: Path, pages: int) -> Path:
     return make_pdf(path, ["\n\n".join(sample_paragraphs(6, seed=p)) for p in range(pages)])
-
-
-def _wait_for(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Row:
@@ -119,7 +111,7 @@ def test_database_restart_during_ingest_is_ridden_out(private_postgres: Postgres
     settings = Settings(expert_pipeline_home=home, database_url=private_postgres.url)
     try:
         with LiveServer(create_app(settings)) as api, httpx.Client(base_url=api.url, timeout=10) as http:
-            _wait_for("embedding to be under way", row.embedding_mid_way, timeout=120)
+            wait_for("embedding to be under way", row.embedding_mid_way, timeout=120)
             expert_id = row.progress().expert_id  # type: ignore[union-attr]
             private_postgres.stop()
             # While the database is down the status API says so plainly, and stays up.
@@ -181,7 +173,7 @@ def test_run_worker_killed_mid_embedding_is_retried_and_completes(daemon: Settin
     migrate(settings.resolved_database_url)
     expert_id = create_expert(settings, [_long_pdf(tmp_path / "manual.pdf", pages=50)], name="Manual")
     row = Row(settings.resolved_database_url)
-    _wait_for("embedding to be under way", row.embedding_mid_way, timeout=120)
+    wait_for("embedding to be under way", row.embedding_mid_way, timeout=120)
     worker = _run_worker(settings.expert_pipeline_home)
     assert worker is not None, "no run worker process found"
     killed_at_chunk = row.progress().current_chunk  # type: ignore[union-attr]
@@ -191,7 +183,7 @@ def test_run_worker_killed_mid_embedding_is_retried_and_completes(daemon: Settin
         record = row.progress()
         return record is not None and record.status == "completed"
 
-    _wait_for("the retried run to complete", finished, timeout=180, interval=0.5)
+    wait_for("the retried run to complete", finished, timeout=180, interval=0.5)
     record = row.progress()
     assert record is not None and record.progress_percentage == 100.0
     assert record.current_chunk == record.total_chunks > killed_at_chunk

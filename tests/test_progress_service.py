@@ -9,10 +9,13 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from expert_pipeline.core.models import Status
 from expert_pipeline.core.progress_service import (
     ExpertProcessingProgressService,
     InvalidProgressUpdate,
     ProgressNotFound,
+    RunSuperseded,
+    owned_by,
 )
 
 
@@ -188,3 +191,68 @@ def test_concurrent_writers_for_different_experts(engine: Engine) -> None:
             assert record is not None
             assert (record.status, record.current_batch, record.progress_percentage) == ("completed", 30, 100.0)
             assert record.details == {"batch": "30/30", "owner": expert_id}  # nobody else's write
+
+
+# -- who may write: only the run that owns the row -------------------------------------------
+
+
+def test_a_run_cannot_write_after_its_request_was_replaced(service: ExpertProcessingProgressService) -> None:
+    """Cancel then retry: the cancelled run's late writes and final state are dropped, and it
+    is told to stop; the new request's row stays `pending` for its own run."""
+    service.create_progress_record("e1", total_files=1)
+    service.start_run("e1", run_id="old")
+    service.update_progress("e1", stage="embedding", progress_percentage=40.0, run_id="old")
+    service.mark_cancelled("e1", "Cancelled by user")
+    service.create_progress_record("e1", total_files=1)  # POST /retry
+    with pytest.raises(RunSuperseded):
+        service.update_progress("e1", progress_percentage=60.0, run_id="old")
+    with pytest.raises(RunSuperseded):
+        service.heartbeat("e1", run_id="old")
+    with pytest.raises(RunSuperseded):
+        service.record_event("e1", "late news", run_id="old")
+    service.mark_failed("e1", "Processing stopped unexpectedly", run_id="old")
+    record = service.get_progress("e1")
+    assert record is not None
+    assert (record.status, record.run_id, record.progress_percentage, record.error_message) == ("pending", None, 0.0, None)
+    # The new request's run claims it; the old one cannot take it back, even as a "retry".
+    with pytest.raises(RunSuperseded):
+        service.start_run("e1", run_id="old-retry", retry_of="old")
+    service.start_run("e1", run_id="new")
+    with pytest.raises(RunSuperseded):
+        service.start_run("e1", run_id="old")
+    service.mark_completed("e1", run_id="new")
+    assert service.get_progress("e1").status == "completed"  # type: ignore[union-attr]
+
+
+def test_dagster_retry_resumes_only_the_run_it_retries(service: ExpertProcessingProgressService) -> None:
+    service.create_progress_record("e2", total_files=1)
+    service.start_run("e2", run_id="first")
+    service.mark_failed("e2", "worker died", run_id="first")
+    service.start_run("e2", run_id="second", retry_of="first")
+    record = service.get_progress("e2")
+    assert record is not None and (record.status, record.run_id) == ("in_progress", "second")
+    # A late final state from the first run is not the second run's.
+    service.mark_failed("e2", "late", run_id="first")
+    assert service.get_progress("e2").status == "in_progress"  # type: ignore[union-attr]
+
+
+def test_an_interrupted_run_requeues_its_expert(service: ExpertProcessingProgressService) -> None:
+    service.create_progress_record("e3", total_files=1)
+    queued_at = service.get_progress("e3").started_at  # type: ignore[union-attr]
+    service.start_run("e3", run_id="r1")
+    assert service.requeue_interrupted("e3", "r1", "Interrupted: the pipeline stopped")
+    record = service.get_progress("e3")
+    assert record is not None and (record.status, record.run_id) == ("pending", None)
+    assert record.started_at > queued_at  # a new request: the sensor gives it a new run key
+    messages = [e.message for e in service.list_events("e3")]
+    assert messages[-2:] == ["Interrupted: the pipeline stopped", "Queued for processing"]
+    # Not the owner any more: a second interruption report changes nothing.
+    assert not service.requeue_interrupted("e3", "r1", "again")
+
+
+def test_a_final_state_never_overwrites_a_newer_request(service: ExpertProcessingProgressService) -> None:
+    service.create_progress_record("e4", total_files=1)
+    service.start_run("e4", run_id="r1")
+    service.create_progress_record("e4", total_files=1)  # re-queued (e.g. files added) meanwhile
+    assert not service.finish_if("e4", Status.FAILED, "dead", lambda r: owned_by(r, "r1"))
+    assert service.get_progress("e4").status == "pending"  # type: ignore[union-attr]

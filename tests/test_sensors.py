@@ -16,7 +16,13 @@ from expert_pipeline.code_location import build_definitions
 from expert_pipeline.parts import build_resources
 from expert_pipeline.partitions import experts
 from expert_pipeline.dead_runs import dead_run_sensor
-from expert_pipeline.sensors import ingest_cancelled_sensor, ingest_failure_sensor, pending_experts_sensor
+from expert_pipeline.sensors import (
+    RUN_KEY_TAG,
+    ingest_cancelled_sensor,
+    ingest_failure_sensor,
+    pending_experts_sensor,
+    run_key_for,
+)
 from tests.pipeline_helpers import create_expert
 
 
@@ -30,6 +36,14 @@ def _txt(tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
     path.write_text("Some text about tides and the moon. " * 20)
     return path
+
+
+def _run_key(settings: Settings, expert_id: str) -> str:
+    """The run key the pending sensor gives the expert's current request."""
+    with Session(engine_for(settings.resolved_database_url)) as session:
+        record = ExpertProcessingProgressService(session).get_progress(expert_id)
+        assert record is not None
+        return run_key_for(record)
 
 
 def _progress(settings: Settings, expert_id: str) -> tuple[str, str | None]:
@@ -87,7 +101,7 @@ def test_failure_outside_asset_code_marks_expert_failed(
     job = build_definitions(settings).resolve_job_def("ingest_expert")
     result = job.execute_in_process(
         partition_key=expert_id, instance=instance, raise_on_error=False,
-        resources={"file_storage": BrokenStorage()},
+        resources={"file_storage": BrokenStorage()}, tags={RUN_KEY_TAG: _run_key(settings, expert_id)},
     )
     assert not result.success
     assert _progress(settings, expert_id)[0] == "pending"  # no asset code ran to report it
@@ -105,12 +119,42 @@ def test_failure_outside_asset_code_marks_expert_failed(
     assert message is not None and message.startswith("Processing stopped unexpectedly")
 
 
+def test_failure_of_an_earlier_requests_run_leaves_the_new_request_alone(
+    settings: Settings, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    """Cancel then retry at once: the cancelled request's run ends after the retry re-queued the
+    expert. Its failure belongs to the old request and must not fail the new one."""
+    expert_id = create_expert(settings, [_txt(tmp_path, "a.txt")])
+    instance.add_dynamic_partitions(experts.name, [expert_id])
+    old_key = _run_key(settings, expert_id)
+    with Session(engine_for(settings.resolved_database_url)) as session:
+        service = ExpertProcessingProgressService(session)
+        service.mark_cancelled(expert_id, "Cancelled by user")
+        service.create_progress_record(expert_id, total_files=1)  # POST /retry
+    assert _run_key(settings, expert_id) != old_key
+    job = build_definitions(settings).resolve_job_def("ingest_expert")
+    result = job.execute_in_process(
+        partition_key=expert_id, instance=instance, raise_on_error=False,
+        resources={"file_storage": BrokenStorage()}, tags={RUN_KEY_TAG: old_key},
+    )
+    run = instance.get_run_by_id(result.run_id)
+    assert run is not None
+    context = dg.build_run_status_sensor_context(
+        sensor_name="ingest_failure_sensor", dagster_event=result.get_run_failure_event(),
+        dagster_instance=instance, dagster_run=run, resources=build_resources(settings),
+    ).for_run_failure()
+    ingest_failure_sensor(context)
+    assert _progress(settings, expert_id) == ("pending", None)
+
+
 def test_cancelled_run_marks_expert_cancelled(
     settings: Settings, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
     expert_id = create_expert(settings, [_txt(tmp_path, "a.txt")])
     job = build_definitions(settings).resolve_job_def("ingest_expert")
-    run = instance.create_run_for_job(job, tags={"dagster/partition": expert_id})
+    run = instance.create_run_for_job(
+        job, tags={"dagster/partition": expert_id, RUN_KEY_TAG: _run_key(settings, expert_id)}
+    )
     instance.report_run_canceling(run)
     instance.report_run_canceled(run)
     run = instance.get_run_by_id(run.run_id)

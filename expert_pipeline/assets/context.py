@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -34,8 +35,17 @@ class StageRun:
 
 def stage_run(context: dg.AssetExecutionContext, settings: IngestSettings, reporter: ProgressReporter) -> StageRun:
     expert_id = context.partition_key
+    run_id = context.run.run_id
+    instance = context.instance
+
+    def stop_requested() -> bool:
+        # Dagster marks a run CANCELING when the UI or API terminates it; a shutdown does not.
+        run = instance.get_run_by_id(run_id)
+        return run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
+
     return StageRun(
         expert_id=expert_id,
-        work=ExpertWorkArea(settings.work_dir, expert_id),
-        progress=reporter.for_expert(expert_id),
+        # One work area per run: a run superseded by a retry may still be writing its own.
+        work=ExpertWorkArea(Path(settings.work_dir) / expert_id, run_id),
+        progress=reporter.for_expert(expert_id, run_id=run_id, stop_requested=stop_requested),
     )

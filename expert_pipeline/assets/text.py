@@ -9,6 +9,7 @@ import dagster as dg
 
 from expert_pipeline.assets.context import stage_run
 from expert_pipeline.assets.files import expert_files
+from expert_pipeline.core.progress_service import OPERATOR_DETAIL
 from expert_pipeline.core.models import FileStatus, Stage
 from expert_pipeline.partitions import experts
 from expert_pipeline.progress_plan import overall_percentage
@@ -52,12 +53,15 @@ def expert_text(
                 current_file=item.filename, current_file_index=index, details={"filename": item.filename},
             )
             source = run.work.fetched_path(item.id, item.filename)
+            detail: str | None = None
             try:
                 extracted = extractor.extract(item.id, source, item.filename)
             except ExtractionError as exc:
                 kind, reason = exc.kind, str(exc)
             except Exception as exc:  # noqa: BLE001 - a parser bug on one file must not sink the expert
-                kind, reason = "unreadable", f"could not be read: {exc.__class__.__name__}: {exc}"
+                kind, reason = "unreadable", "could not be read: it is damaged, or uses a format feature we cannot parse"
+                detail = f"{exc.__class__.__name__}: {exc}"  # for operators: the history and the run's log
+                context.log.warning(f"{item.filename}: {detail}")
             else:
                 pages += extracted.pages
                 characters += extracted.characters
@@ -68,7 +72,8 @@ def expert_text(
                 continue
             failed += 1
             catalog.fail_file(item.id, kind, reason)
-            run.progress.event(f"{item.filename} failed: {reason}", {"filename": item.filename, "kind": kind})
+            data = {"filename": item.filename, "kind": kind, **({OPERATOR_DETAIL: detail} if detail else {})}
+            run.progress.event(f"{item.filename} failed: {reason}", data)
             run.progress.update(
                 overall_percentage(Stage.TEXT_EXTRACTION, EXTRACTION_SHARE * (index + 1), total), failed_files=failed
             )

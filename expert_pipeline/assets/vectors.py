@@ -97,6 +97,8 @@ def expert_vectors(
                 "vectors": in_store,
             }
         )
+    # Done: the stages' hand-over files (of this run, and of earlier runs that failed) go.
+    run.work.remove_expert()
     return dg.MaterializeResult(
         metadata=run.metadata(vectors=stored, vectors_in_store=in_store, files_indexed=len(todo) + len(already)),
         check_results=[

@@ -17,11 +17,11 @@ stage change, status change, file result and final state is recorded as an event
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from expert_pipeline.core.models import (
@@ -34,6 +34,10 @@ from expert_pipeline.core.models import (
     utcnow,
 )
 from expert_pipeline.core.webhooks import enqueue_finished
+
+# The key of an event's data that holds raw detail (exception text, storage keys): shown to
+# operators (and in the Dagster UI), left out of what other users get.
+OPERATOR_DETAIL = "detail"
 
 # Only completion may show 100 %: a bar at 100 while work remains would be a lie.
 MAX_RUNNING_PERCENTAGE = 99.0
@@ -62,6 +66,17 @@ class InvalidProgressUpdate(ValueError):
 
 class RunNotWanted(RuntimeError):
     """A run started for an expert whose request was cancelled or already finished."""
+
+
+class RunSuperseded(RunNotWanted):
+    """A write from a run that no longer owns the expert's row (it was re-queued, or another
+    run took it over): the run must stop, and its write is dropped."""
+
+
+def owned_by(record: ExpertProcessingProgress, run_id: str | None) -> bool:
+    """Whether `run_id` may write the row: the run that claimed it, while it is running.
+    None is a writer outside any run (the API, an operator, the terminal command)."""
+    return run_id is None or (record.run_id == run_id and record.status == Status.IN_PROGRESS)
 
 
 def _stage(value: str | Stage) -> Stage:
@@ -135,6 +150,7 @@ class ExpertProcessingProgressService:
             record = ExpertProcessingProgress(expert_id=expert_id, details={})
             self.db.add(record)
         self._reset(record, now)
+        record.run_id = None  # a new request: no run owns it until one claims it (start_run)
         record.agent_id = agent_id if agent_id is not None else record.agent_id
         record.total_files = _non_negative("total_files", total_files)
         record.status = Status.PENDING if queued else Status.IN_PROGRESS
@@ -150,24 +166,31 @@ class ExpertProcessingProgressService:
         total_files: int | None = None,
         retry_of: str | None = None,
     ) -> ExpertProcessingProgress:
-        """Move the row to `in_progress` for a run; a new run starts from zero.
+        """Move the row to `in_progress` for a run, which then owns it; a new run starts from zero.
 
-        A run may start for a `pending` request, take over an `in_progress` row whose run
-        died, or (as Dagster's automatic retry, `retry_of` naming the failed run) resume a
-        row that run left `failed`. A cancelled or completed request is never restarted:
-        that raises RunNotWanted.
+        A run may claim a request no run owns yet (`pending`, or `in_progress` for the terminal
+        command), or, as Dagster's automatic retry (`retry_of` naming the run it retries),
+        resume the row that run owned and left `failed` or still `in_progress` (its worker
+        died). Anything else (a cancelled or finished request, a request re-queued since, a row
+        another run owns) raises RunNotWanted: this run has nothing to do.
         """
         now = utcnow()
         record = self._require(expert_id)
         if record.status == Status.IN_PROGRESS and run_id is not None and record.run_id == run_id:
             self.db.commit()
             return record
-        resumable = record.status in ACTIVE_STATUSES or (
-            record.status == Status.FAILED and retry_of is not None and retry_of == record.run_id
-        )
+        if retry_of is not None:
+            resumable = record.run_id == retry_of and record.status in (Status.FAILED, Status.IN_PROGRESS)
+        else:
+            resumable = record.run_id is None and record.status in ACTIVE_STATUSES
         if not resumable:
-            status = record.status
+            status, owner = record.status, record.run_id
             self.db.rollback()
+            if status in ACTIVE_STATUSES:
+                raise RunSuperseded(
+                    f"expert '{expert_id}' is {status} for another request (run {owner or 'not started yet'}); "
+                    "this run has nothing to do"
+                )
             raise RunNotWanted(f"expert '{expert_id}' is {status}; this run has nothing to do")
         self._reset(record, now)
         record.status = Status.IN_PROGRESS
@@ -180,12 +203,14 @@ class ExpertProcessingProgressService:
         self.db.commit()
         return record
 
-    def heartbeat(self, expert_id: str) -> str | None:
-        """Record that the run is alive; returns the row's status (None if it was deleted)."""
+    def heartbeat(self, expert_id: str, run_id: str | None = None) -> str | None:
+        """Record that the run is alive; returns the row's status (None if it was deleted).
+        A run that no longer owns the row raises RunSuperseded, so it stops."""
         record = self._locked(expert_id)
         if record is None:
             self.db.rollback()
             return None
+        self._check_owner(record, run_id)
         if record.status == Status.IN_PROGRESS:
             record.heartbeat_at = utcnow()
         status = record.status
@@ -213,15 +238,16 @@ class ExpertProcessingProgressService:
         event_data: Mapping[str, Any] | None = None,
         eta_seconds: float | None = None,
         chunks_per_second: float | None = None,
+        run_id: str | None = None,
     ) -> ExpertProcessingProgress:
         new_stage = _stage(stage) if stage is not None else None
         new_status = _status(status) if status is not None else None
         if new_status is Status.COMPLETED:
-            return self.mark_completed(expert_id)
+            return self.mark_completed(expert_id, run_id=run_id)
         if new_status is Status.FAILED:
-            return self.mark_failed(expert_id, error_message or "Processing failed")
+            return self.mark_failed(expert_id, error_message or "Processing failed", run_id=run_id)
         if new_status is Status.CANCELLED:
-            return self.mark_cancelled(expert_id, error_message or "Cancelled")
+            return self.mark_cancelled(expert_id, error_message or "Cancelled", run_id=run_id)
         if new_stage in (Stage.COMPLETE, Stage.FAILED):
             raise InvalidProgressUpdate(
                 f"stage '{new_stage}' is set by mark_completed/mark_failed, not update_progress"
@@ -233,6 +259,7 @@ class ExpertProcessingProgressService:
             # A late write from a run that already ended must not reopen or alter it.
             self.db.rollback()
             return record
+        self._check_owner(record, run_id)
 
         changes: list[str] = []
         if new_status is not None and new_status != record.status:
@@ -284,22 +311,25 @@ class ExpertProcessingProgressService:
         return record
 
     def record_event(
-        self, expert_id: str, message: str, data: Mapping[str, Any] | None = None
+        self, expert_id: str, message: str, data: Mapping[str, Any] | None = None, run_id: str | None = None
     ) -> ProgressEvent:
         """Add a history entry (e.g. one file's result) at the record's current stage/status."""
         record = self._require(expert_id)
+        if record.status not in TERMINAL_STATUSES:
+            self._check_owner(record, run_id)
         event = self._event(record, message, dict(data or {}), utcnow())
         self.db.commit()
         return event
 
     def mark_completed(
-        self, expert_id: str, metadata: Mapping[str, Any] | None = None
+        self, expert_id: str, metadata: Mapping[str, Any] | None = None, run_id: str | None = None
     ) -> ExpertProcessingProgress:
         now = utcnow()
         record = self._require(expert_id)
         if record.status in TERMINAL_STATUSES:
             self.db.rollback()
             return record
+        self._check_owner(record, run_id)
         record.status = Status.COMPLETED
         record.stage = Stage.COMPLETE
         record.progress_percentage = 100.0
@@ -314,11 +344,49 @@ class ExpertProcessingProgressService:
         self.db.commit()
         return record
 
-    def mark_failed(self, expert_id: str, error_message: str) -> ExpertProcessingProgress:
-        return self._finish(expert_id, Status.FAILED, error_message)
+    def mark_failed(
+        self, expert_id: str, error_message: str, run_id: str | None = None, detail: str | None = None
+    ) -> ExpertProcessingProgress:
+        """Fail the expert; with `run_id`, only while that run owns the row (else unchanged).
+        `error_message` is for users; `detail` (exception text, keys) only for operators' history."""
+        return self._finish(expert_id, Status.FAILED, error_message, lambda r: owned_by(r, run_id), detail)
 
-    def mark_cancelled(self, expert_id: str, reason: str = "Cancelled") -> ExpertProcessingProgress:
-        return self._finish(expert_id, Status.CANCELLED, reason)
+    def mark_cancelled(
+        self, expert_id: str, reason: str = "Cancelled", run_id: str | None = None
+    ) -> ExpertProcessingProgress:
+        return self._finish(expert_id, Status.CANCELLED, reason, lambda r: owned_by(r, run_id))
+
+    def finish_if(
+        self,
+        expert_id: str,
+        status: Status,
+        message: str,
+        owns: Callable[[ExpertProcessingProgress], bool],
+        detail: str | None = None,
+    ) -> bool:
+        """Give the row its final `status` only if `owns(record)` holds, decided under the row
+        lock (for writers outside the run: the sensors). False when it did not, or the row is gone."""
+        try:
+            record = self._finish(expert_id, status, message, owns, detail)
+        except ProgressNotFound:
+            return False
+        return record.status == status and record.error_message == message
+
+    def requeue_interrupted(self, expert_id: str, run_id: str, message: str) -> bool:
+        """The product stopped under a running ingest (not a user's cancel): queue the expert
+        again, so it resumes when the product starts, with the interruption in its history."""
+        now = utcnow()
+        record = self._require(expert_id)
+        if not owned_by(record, run_id):
+            self.db.rollback()
+            return False
+        self._event(record, message, {"kind": "interrupted", "run_id": run_id}, now)
+        self._reset(record, now)  # a new started_at: a new request, hence a new run
+        record.run_id = None
+        record.status = Status.PENDING
+        self._event(record, "Queued for processing", {"total_files": record.total_files}, now)
+        self.db.commit()
+        return True
 
     def delete_progress(self, expert_id: str) -> bool:
         deleted = self.db.execute(
@@ -340,10 +408,18 @@ class ExpertProcessingProgressService:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _finish(self, expert_id: str, status: Status, message: str) -> ExpertProcessingProgress:
+    def _finish(
+        self,
+        expert_id: str,
+        status: Status,
+        message: str,
+        owns: Callable[[ExpertProcessingProgress], bool] = lambda _record: True,
+        detail: str | None = None,
+    ) -> ExpertProcessingProgress:
         now = utcnow()
         record = self._require(expert_id)
-        if record.status in TERMINAL_STATUSES:
+        if record.status in TERMINAL_STATUSES or not owns(record):
+            # A final state never overwrites another one, nor a newer request's pending/in_progress.
             self.db.rollback()
             return record
         record.status = status
@@ -353,14 +429,32 @@ class ExpertProcessingProgressService:
         record.updated_at = now
         record.completed_at = now
         label = "Processing failed" if status == Status.FAILED else "Processing cancelled"
-        self._event(record, f"{label}: {message}", {}, now)
+        self._event(record, f"{label}: {message}", {OPERATOR_DETAIL: detail} if detail else {}, now)
         enqueue_finished(self.db, record)
         self.db.commit()
         return record
 
+    def _check_owner(self, record: ExpertProcessingProgress, run_id: str | None) -> None:
+        if not owned_by(record, run_id):
+            status, owner = record.status, record.run_id
+            self.db.rollback()
+            raise RunSuperseded(
+                f"expert '{record.expert_id}' is now {status} for "
+                f"{'run ' + owner if owner else 'a new request'}; run {run_id} stops"
+            )
+
     def _locked(self, expert_id: str) -> ExpertProcessingProgress | None:
         # Row lock on PostgreSQL so the reporter and a sensor cannot interleave on one expert;
         # other experts' rows are untouched, so their writers never wait on this one.
+        if self.db.get_bind().dialect.name == "sqlite":
+            # SQLite has no row locks: a no-op write first takes its write lock, so the read
+            # below and the write after it are one atomic step, as FOR UPDATE makes them.
+            self.db.execute(
+                update(ExpertProcessingProgress)
+                .where(ExpertProcessingProgress.expert_id == expert_id)
+                .values(expert_id=ExpertProcessingProgress.expert_id)
+                .execution_options(synchronize_session=False)
+            )
         return self.db.scalar(
             select(ExpertProcessingProgress)
             .where(ExpertProcessingProgress.expert_id == expert_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,9 +36,23 @@ class IngestCancelled(Exception):
 class ExpertProgress:
     """Progress writes for one expert within one step of a run."""
 
-    def __init__(self, engine: Engine, expert_id: str, min_interval: float, heartbeat_interval: float = 10.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        expert_id: str,
+        min_interval: float,
+        heartbeat_interval: float = 10.0,
+        run_id: str | None = None,
+        stop_requested: Callable[[], bool] | None = None,
+    ) -> None:
         self.engine = engine
         self.expert_id = expert_id
+        # Every write carries the run's id: the service drops writes from a run that no longer
+        # owns the row (re-queued, or taken over), which then stops (RunSuperseded).
+        self.run_id = run_id
+        # Whether someone asked Dagster to stop this run (UI, API): tells a user's cancel from
+        # the product being shut down, which re-queues the expert instead.
+        self.stop_requested = stop_requested or (lambda: True)
         self.min_interval = min_interval
         self.heartbeat_interval = heartbeat_interval
         self._cancelled = threading.Event()
@@ -48,6 +62,9 @@ class ExpertProgress:
         self._last_write = 0.0
 
     def _call(self, method: str, /, **kwargs: Any) -> Any:
+        if self.run_id is not None and method != "start_run":
+            kwargs["run_id"] = self.run_id
+
         def write() -> Any:
             with Session(self.engine, expire_on_commit=False) as session:
                 return getattr(ExpertProcessingProgressService(session), method)(**kwargs)
@@ -80,7 +97,10 @@ class ExpertProgress:
         while not stop.wait(self.heartbeat_interval):
             try:
                 with Session(self.engine) as session:
-                    status = ExpertProcessingProgressService(session).heartbeat(self.expert_id)
+                    status = ExpertProcessingProgressService(session).heartbeat(self.expert_id, self.run_id)
+            except RunNotWanted:
+                self._cancelled.set()  # re-queued or taken over: stop at the next batch
+                continue
             except Exception:  # noqa: BLE001 - a missed heartbeat shows as "stalled", never as a crash
                 continue
             if status == Status.CANCELLED:
@@ -123,13 +143,30 @@ class ExpertProgress:
         self._pending = None
         self._call("mark_completed", expert_id=self.expert_id, metadata=metadata)
 
-    def failed(self, message: str) -> None:
+    def failed(self, message: str, detail: str | None = None) -> None:
         self._pending = None
-        self._call("mark_failed", expert_id=self.expert_id, error_message=message)
+        self._call("mark_failed", expert_id=self.expert_id, error_message=message, detail=detail)
 
     def cancelled(self, reason: str) -> None:
         self._pending = None
         self._call("mark_cancelled", expert_id=self.expert_id, reason=reason)
+
+    def _interrupted(self) -> None:
+        """The run's process was told to stop: a cancel if someone asked Dagster to stop the run,
+        else the product is shutting down, and the expert is queued again to resume on restart."""
+        self._pending = None
+        try:
+            user_stop = self.stop_requested()
+        except Exception:  # noqa: BLE001 - instance storage gone with the shutdown: not a user's cancel
+            user_stop = False
+        if user_stop or self.run_id is None:
+            self.cancelled("Cancelled: the run was stopped")
+            return
+        self._call(
+            "requeue_interrupted", expert_id=self.expert_id,
+            message="Interrupted: the pipeline stopped during processing (shutdown or restart); "
+            "queued again, it resumes when the pipeline runs, reusing the embeddings already made",
+        )
 
     @contextmanager
     def guard(self, what: str) -> Iterator[ExpertProgress]:
@@ -150,13 +187,19 @@ class ExpertProgress:
             self._pending = None
             raise dg.Failure(description=str(exc)) from exc
         except DagsterExecutionInterruptedError:
-            self.cancelled("Cancelled: the run was stopped")
+            self._interrupted()
             raise
         except IngestFailed as exc:
             self.failed(str(exc))
             raise dg.Failure(description=str(exc)) from exc
         except Exception as exc:
-            self.failed(f"{what} failed: {exc.__class__.__name__}: {exc}")
+            # Users get what happened and what to do; the exception (class, keys, paths) goes to
+            # the run's log (raised on) and the operators' view of the history.
+            self.failed(
+                f"{what} failed unexpectedly. Retry; if it fails again, an operator can see the cause "
+                "in the expert's history or the Dagster UI",
+                detail=f"{exc.__class__.__name__}: {exc}",
+            )
             raise
         finally:
             stop.set()
@@ -171,7 +214,12 @@ class ProgressReporter(dg.ConfigurableResource):
 
     _engine: Engine | None = PrivateAttr(default=None)
 
-    def for_expert(self, expert_id: str) -> ExpertProgress:
+    def for_expert(
+        self, expert_id: str, run_id: str | None = None, stop_requested: Callable[[], bool] | None = None
+    ) -> ExpertProgress:
         if self._engine is None:
             self._engine = engine_for(self.database_url)
-        return ExpertProgress(self._engine, expert_id, self.min_write_interval_seconds, self.heartbeat_interval_seconds)
+        return ExpertProgress(
+            self._engine, expert_id, self.min_write_interval_seconds, self.heartbeat_interval_seconds,
+            run_id=run_id, stop_requested=stop_requested,
+        )

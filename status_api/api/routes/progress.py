@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from expert_pipeline.core.models import utcnow
-from expert_pipeline.core.progress_service import ExpertProcessingProgressService
+from expert_pipeline.core.progress_service import OPERATOR_DETAIL, ExpertProcessingProgressService
 from expert_pipeline.core.stats import ingest_stats
 
 from expert_pipeline.core.auth import can_see, visible_expert_ids
@@ -133,6 +133,10 @@ def get_progress_events(
     if service.get_progress(expert_id) is None:
         raise _not_found(expert_id)
     events = [ProgressEventOut.model_validate(e) for e in service.list_events(expert_id)]
+    if not principal.operator:
+        # Raw detail (exception text, storage keys) is the operators'; users get the message.
+        for event in events:
+            event.data.pop(OPERATOR_DETAIL, None)
     return ProgressEventsResponse(events=events)
 
 

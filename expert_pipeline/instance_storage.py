@@ -1,0 +1,85 @@
+"""Dagster's instance storage, created and migrated once, before the webserver and daemon start.
+
+Left to themselves, the webserver and the daemon both create a new home's SQLite storage at the
+same moment; the loser can stamp a second alembic version, after which the daemon's code
+location never loads ("more than one head present") and no run ever starts. `make up` calls
+`prepare_instance` first, so they open storage that already exists, and a home already left in
+that state is repaired.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+
+_SHARED_DATABASES = frozenset({"runs.db", "index.db", "schedules.db"})
+
+
+class InstanceStorageError(RuntimeError):
+    """The instance storage cannot be prepared; the message says what to do."""
+
+
+def prepare_instance(dagster_home: Path, say: Callable[[str], None] = print) -> None:
+    """Repair, create and migrate the instance storage under `dagster_home` (its dagster.yaml
+    must be in place, with any `env:` values it names set in this process's environment)."""
+    from dagster import DagsterInstance
+
+    for database, kept, dropped in repair_alembic_versions(dagster_home):
+        say(f"repaired {database}: it had {len(dropped) + 1} alembic versions (from concurrent first starts); "
+            f"kept {kept}, dropped {', '.join(dropped)}")
+    try:
+        with DagsterInstance.from_config(str(dagster_home)) as instance:
+            instance.upgrade(print_fn=lambda _message: None)
+            # Opening each storage creates its tables now, in this one process.
+            instance.get_runs(limit=1)
+            instance.all_instigator_state()
+            instance.get_dynamic_partitions("experts")
+    except Exception as exc:  # noqa: BLE001 - refuse to start with what to do, not a traceback
+        raise InstanceStorageError(
+            f"Dagster's instance storage in {dagster_home} cannot be opened or migrated: "
+            f"{type(exc).__name__}: {exc}\nIf it is the embedded SQLite storage, move {dagster_home} "
+            "aside (run history is lost; experts, files and vectors are not) and start again; if it "
+            "is PostgreSQL (DAGSTER_PG_URL), check the server and run `dagster instance migrate`."
+        ) from exc
+
+
+def repair_alembic_versions(dagster_home: Path) -> list[tuple[Path, str, list[str]]]:
+    """Keep the newest of several alembic versions in each SQLite storage database; returns what
+    was repaired as (database, kept, dropped). The tables were created whole by the process that
+    stamped the newest version, so the newest is the truth."""
+    # The shared databases both processes create; per-run event logs have one writer each.
+    databases = sorted(p for p in dagster_home.rglob("*.db") if p.name in _SHARED_DATABASES)
+    if not databases:
+        return []
+    order = _newest_first()
+    repaired: list[tuple[Path, str, list[str]]] = []
+    for database in databases:
+        with sqlite3.connect(database, timeout=30) as connection:
+            try:
+                versions = [row[0] for row in connection.execute("SELECT version_num FROM alembic_version")]
+            except sqlite3.OperationalError:
+                continue  # no alembic table: nothing to repair
+            if len(versions) < 2:
+                continue
+            known = [v for v in order if v in versions]
+            if not known:
+                raise InstanceStorageError(
+                    f"{database} has alembic versions {versions} that this Dagster does not know; "
+                    f"move {dagster_home} aside and start again"
+                )
+            kept = known[0]
+            dropped = [v for v in versions if v != kept]
+            connection.execute("DELETE FROM alembic_version WHERE version_num != ?", (kept,))
+        repaired.append((database, kept, dropped))
+    return repaired
+
+
+def _newest_first() -> list[str]:
+    from alembic.script import ScriptDirectory
+    from dagster._core.storage.runs.sqlite import sqlite_run_storage
+    from dagster._core.storage.sql import get_alembic_config
+
+    script = ScriptDirectory.from_config(get_alembic_config(sqlite_run_storage.__file__))
+    return [revision.revision for revision in script.walk_revisions()]

@@ -1,0 +1,249 @@
+"""`make up` as users run it: fresh homes, the README's settings verbatim, stopping it mid-ingest.
+
+These start the real launcher (`expert-pipeline up`: status API, Dagster webserver and daemon)
+in a process group of its own and talk to it over HTTP, as a user's browser or script would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from expert_pipeline.core.settings import Settings, normalize_database_url
+from expert_pipeline.instance_storage import prepare_instance
+from expert_pipeline.launcher import REPO_ROOT, instance_config
+from tests.conftest import POSTGRES_ADMIN_URL, free_port, skip_or_fail
+from tests.fixture_documents import make_pdf, sample_paragraphs
+from tests.openai_standin import API_KEY as OPENAI_KEY
+from tests.openai_standin import OpenAIStandin, openai_standin  # noqa: F401 - fixture
+from tests.s3_server import aws_credentials, moto_endpoint, s3_bucket, s3_client  # noqa: F401 - fixtures
+from tests.waiting import wait_for
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize(
+    "pasted",
+    [
+        "postgres://user:pw@db.example:5432/app",
+        "postgresql://user:pw@db.example:5432/app",
+        "postgresql+psycopg2://user:pw@db.example:5432/app",
+        "postgresql+psycopg://user:pw@db.example:5432/app",
+        " postgresql://user:pw@db.example:5432/app\n",
+    ],
+)
+def test_every_documented_url_form_means_one_driver(pasted: str) -> None:
+    expected = "postgresql+psycopg2://user:pw@db.example:5432/app"
+    assert normalize_database_url(pasted) == expected
+    settings = Settings(database_url=pasted, dagster_pg_url=pasted)
+    assert settings.resolved_database_url == settings.resolved_dagster_pg_url == expected
+
+
+def test_a_home_left_with_two_alembic_versions_is_repaired(tmp_path: Path) -> None:
+    """What concurrent first starts left behind: the daemon then refused to load for good."""
+    import dagster as dg
+
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(instance_config(use_postgres=False))
+    prepare_instance(home, say=lambda _line: None)
+    schedules = home / "schedules" / "schedules.db"
+    with sqlite3.connect(schedules) as connection:
+        (head,) = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+        connection.execute("INSERT INTO alembic_version VALUES ('5771160a95ad')")
+    said: list[str] = []
+    prepare_instance(home, say=said.append)
+    assert len(said) == 1 and "kept " + head in said[0] and "5771160a95ad" in said[0], said
+    with sqlite3.connect(schedules) as connection:
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.all_instigator_state() == []
+
+
+class Product:
+    """`expert-pipeline up` in a process group of its own, as `make up` runs it."""
+
+    def __init__(self, home: Path, env: dict[str, str], log: Path) -> None:
+        self.home = home
+        self.api_port = free_port()
+        self.env = {
+            **os.environ, **env, "EXPERT_PIPELINE_HOME": str(home), "STATUS_API_PORT": str(self.api_port),
+            "DAGSTER_WEBSERVER_PORT": str(free_port()), "PYTHONUNBUFFERED": "1",
+        }
+        self.env.pop("DAGSTER_HOME", None)
+        self.log_path = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=30)
+
+    def start(self) -> Product:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / "expert-pipeline"), "up"], cwd=REPO_ROOT, env=self.env,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for("the status API to answer", self._answers, timeout=120, interval=0.3)
+        return self
+
+    def _answers(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, self.log()
+        try:
+            return self.api.get("/healthz").status_code in (200, 503)
+        except httpx.TransportError:
+            return False
+
+    def stop_group(self) -> int:
+        """SIGTERM to the whole group, twice, as a service manager and make pass it on."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def leftovers(self) -> list[str]:
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if proc.environ().get("EXPERT_PIPELINE_HOME") == str(self.home):
+                    found.append(f"{proc.pid}: {' '.join(proc.info['cmdline'] or [])[:200]}")
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return found
+
+    def upload(self, pdf: Path) -> str:
+        with pdf.open("rb") as handle:
+            response = self.api.post(
+                "/api/experts", data={"name": "Smoke"}, files=[("files", (pdf.name, handle, "application/pdf"))]
+            )
+        assert response.status_code == 201, response.text
+        return str(response.json()["expert"]["id"])
+
+    def progress(self, expert_id: str) -> dict[str, object]:
+        response = self.api.get(f"/api/experts/{expert_id}/progress")
+        assert response.status_code == 200, response.text
+        return response.json()["progress"]  # type: ignore[no-any-return]
+
+    def events(self, expert_id: str) -> list[str]:
+        return [e["message"] for e in self.api.get(f"/api/experts/{expert_id}/progress/events").json()["events"]]
+
+    def wait_final(self, expert_id: str, timeout: float = 300) -> dict[str, object]:
+        wait_for(
+            "the expert to finish",
+            lambda: self.progress(expert_id)["status"] in ("completed", "failed", "cancelled"),
+            timeout=timeout, interval=0.5,
+        )
+        return self.progress(expert_id)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get("EXPERT_PIPELINE_HOME") == str(self.home):
+                    proc.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+
+
+@pytest.fixture
+def product_factory(tmp_path: Path) -> Iterator[list[Product]]:
+    started: list[Product] = []
+    yield started
+    for product in started:
+        product.kill()
+
+
+def _pdf(path: Path, pages: int) -> Path:
+    return make_pdf(path, ["\n\n".join(sample_paragraphs(6, seed=p)) for p in range(pages)])
+
+
+@pytest.mark.slow
+def test_stopping_mid_ingest_stops_everything_and_resumes_on_the_next_start(
+    tmp_path: Path, product_factory: list[Product]
+) -> None:
+    home = tmp_path / "home"
+    env = {"EMBEDDING_BATCH_SIZE": "4", "PROGRESS_MIN_WRITE_INTERVAL_SECONDS": "0.1"}
+    product = Product(home, env, tmp_path / "up.log")
+    product_factory.append(product)
+    product.start()
+    expert_id = product.upload(_pdf(tmp_path / "manual.pdf", pages=40))
+    wait_for(
+        "embedding to be under way",
+        lambda: product.progress(expert_id)["stage"] == "embedding" and product.progress(expert_id)["current_chunk"] > 0,  # type: ignore[operator]
+        timeout=180, interval=0.2,
+    )
+    assert product.stop_group() == 0, product.log()
+    assert product.leftovers() == [], product.log()
+
+    interrupted = Product(home, env, tmp_path / "up.log")
+    product_factory.append(interrupted)
+    interrupted.start()
+    record = interrupted.progress(expert_id)
+    assert record["status"] in ("pending", "in_progress", "completed"), record
+    assert any(m.startswith("Interrupted: the pipeline stopped") for m in interrupted.events(expert_id))
+    final = interrupted.wait_final(expert_id)
+    assert (final["status"], final["error_message"]) == ("completed", None), (final, interrupted.log())
+    assert not any("Cancelled" in m for m in interrupted.events(expert_id))
+    assert interrupted.stop_group() == 0
+    assert interrupted.leftovers() == []
+
+
+@pytest.fixture
+def bare_postgres_urls() -> Iterator[dict[str, str]]:
+    """Two new databases, named the way the README's table shows: plain postgresql:// URLs."""
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    names = [f"ep_progress_{uuid.uuid4().hex[:8]}", f"ep_dagster_{uuid.uuid4().hex[:8]}"]
+    try:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - no server to test against
+        admin.dispose()
+        skip_or_fail(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc.__class__.__name__}")
+    base = make_url(POSTGRES_ADMIN_URL)
+    urls = [
+        f"postgresql://{base.username}@{base.host}:{base.port or 5432}/{name}" for name in names
+    ]
+    yield {"DATABASE_URL": urls[0], "DAGSTER_PG_URL": urls[1]}
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.mark.slow
+def test_the_readme_production_settings_verbatim_ingest(
+    tmp_path: Path, product_factory: list[Product], bare_postgres_urls: dict[str, str],
+    moto_endpoint: str, s3_bucket: str, openai_standin: OpenAIStandin,  # noqa: F811
+) -> None:
+    env = {
+        **bare_postgres_urls,
+        "FILE_STORAGE": "s3", "S3_BUCKET": s3_bucket, "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+        "EMBEDDING_PROVIDER": "openai", "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": openai_standin.url,
+    }
+    product = Product(tmp_path / "home", env, tmp_path / "up.log")
+    product_factory.append(product)
+    product.start()
+    expert_id = product.upload(_pdf(tmp_path / "report.pdf", pages=3))
+    final = product.wait_final(expert_id, timeout=180)
+    assert (final["status"], final["progress_percentage"]) == ("completed", 100.0), (final, product.log())
+    assert openai_standin.embedding_requests, "the OpenAI stand-in was never asked"
+    health = product.api.get("/healthz").json()
+    assert health["pipeline"]["status"] == "ok", health
+    assert product.stop_group() == 0
+    assert product.leftovers() == []
