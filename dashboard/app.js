@@ -327,11 +327,14 @@ function renderCard(id, { live = false } = {}) {
   button.disabled = !ready;
   button.textContent = ready ? `Chat with ${expert.name}` : "Chat";
   let why = "";
-  if (status === "failed") why = "Unavailable: processing failed";
+  if (ready && (status === "failed" || status === "cancelled")) {
+    // Files indexed by an earlier run are still searchable; say what the last run did.
+    why = `The last processing ${status === "failed" ? "failed" : "was cancelled"}; chat answers from the files already indexed`;
+  } else if (status === "failed") why = "Unavailable: processing failed";
   else if (status === "cancelled") why = "Unavailable: processing was cancelled";
   else if (!ready) why = `Available when processing completes — ${pct}% done`;
   hint.textContent = why;
-  if (why) button.title = why;
+  if (why && !ready) button.title = why;
   else button.removeAttribute("title");
 }
 
