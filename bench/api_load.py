@@ -65,7 +65,7 @@ GOAL_RATIO = 0.5
 GOAL_P99_MS = 50.0
 GOAL_P99_CLIENTS = 200
 BARE, API = "bare ASGI", "status API"
-# What expert_pipeline/launcher.py runs for `make up`, less host and port: uvicorn's defaults
+# What expert_pipeline/cli/up.py runs for `make up`, less host and port: uvicorn's defaults
 # otherwise (loop "auto" = uvloop, http "auto" = httptools, log level info, one worker), and
 # the access log off for both servers.
 UVICORN_OPTIONS = ["--factory", "--timeout-graceful-shutdown", "3", "--no-access-log"]

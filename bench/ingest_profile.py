@@ -60,7 +60,7 @@ MB = 2**20
 MEMORY_EVERY = 0.05
 PROGRESS_EVERY = 0.25
 
-# The words `expert-pipeline ingest` shows for each stage (expert_pipeline/terminal_ingest.py).
+# The words `expert-pipeline ingest` shows for each stage (expert_pipeline/cli/ingest.py).
 STAGES = {
     "starting": ("start-up (no progress row yet)", "#f3f4f6"),
     "file_processing": ("preparing files", "#c7d2fe"),

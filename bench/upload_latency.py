@@ -28,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from expert_pipeline.launcher import instance_config  # noqa: E402
+from expert_pipeline.cli.up import instance_config  # noqa: E402
 from tests.fixture_documents import make_pdf, sample_paragraphs  # noqa: E402
 
 

@@ -137,7 +137,7 @@ def daemon(tmp_path: Path, daemon_env: dict[str, str]) -> Iterator[Settings]:
     import subprocess
     import sys
 
-    from expert_pipeline.launcher import REPO_ROOT, instance_config
+    from expert_pipeline.cli.up import REPO_ROOT, instance_config
 
     home = tmp_path / "home"
     settings = Settings(expert_pipeline_home=home)

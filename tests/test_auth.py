@@ -16,6 +16,7 @@ from expert_pipeline.core import auth
 from expert_pipeline.core.models import ApiToken, Base
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
+from tests.streams import first_progress_chunk
 
 MISSING = "missing-expert-1"
 
@@ -44,18 +45,6 @@ def same_as_missing(a: httpx.Response, b: httpx.Response, expert_id: str) -> Non
     assert a.status_code == b.status_code == 404, (a.text, b.text)
     assert a.json()["error"].replace(expert_id, "ID") == b.json()["error"].replace(MISSING, "ID")
     assert a.json()["success"] is False
-
-
-def first_progress_chunk(http: httpx.Client, path: str, **kwargs: object) -> str:
-    """The stream's first chunk that carries progress frames (the snapshot)."""
-    with http.stream("GET", path, timeout=10, **kwargs) as response:  # type: ignore[arg-type]
-        assert response.status_code == 200, response.read()
-        seen = ""
-        for chunk in response.iter_text():
-            seen += chunk
-            if "event: progress" in seen:
-                return seen
-    raise AssertionError("the stream ended without a progress frame")
 
 
 def test_local_mode_needs_no_token(http: httpx.Client, db: Session) -> None:
@@ -210,7 +199,7 @@ def test_cli_creates_a_working_token(
 
 
 def test_launcher_binds_to_localhost_in_local_mode(database_url: str, db: Session) -> None:
-    from expert_pipeline.launcher import api_host
+    from expert_pipeline.cli.up import api_host
 
     assert api_host("0.0.0.0", database_url) == "127.0.0.1"
     auth.create_token(db, "alice")

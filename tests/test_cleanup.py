@@ -19,11 +19,11 @@ from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.models import Expert, ExpertProcessingProgress, utcnow
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
-from expert_pipeline.code_location import build_definitions
+from expert_pipeline.definitions import build_definitions
 from expert_pipeline.parts import build_file_storage, build_vector_store
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.vector_store import VectorRecord
-from expert_pipeline.work_area import ExpertWorkArea
+from expert_pipeline.ingest.work_area import ExpertWorkArea
 from tests.pinecone_standin import API_KEY as PINECONE_KEY
 from tests.pinecone_standin import PineconeStandin, pinecone_standin  # noqa: F401 - fixture
 from tests.s3_server import aws_credentials, moto_endpoint, s3_bucket, s3_client  # noqa: F401 - fixtures
@@ -235,7 +235,7 @@ def test_an_orphan_whose_row_commits_during_the_cleanup_is_kept(settings: Settin
     (folder / "a.txt").write_text("x")
     _backdate(folder.parent, 2)
 
-    from expert_pipeline import cleanup
+    from expert_pipeline.automation import cleanup
 
     real = cleanup._with_rows
     calls: list[set[str]] = []

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 from sqlalchemy.orm import Session
 
-from expert_pipeline.code_location import build_definitions
+from expert_pipeline.definitions import build_definitions
 from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings

@@ -18,7 +18,7 @@ from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.models import ExpertProcessingProgress, utcnow
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService, RunNotWanted
 from expert_pipeline.core.settings import Settings
-from expert_pipeline.code_location import build_definitions
+from expert_pipeline.definitions import build_definitions
 from expert_pipeline.parts import build_vector_store
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.embedder import LocalEmbedder
@@ -94,7 +94,12 @@ def test_retry_after_mid_embedding_failure_reuses_paid_embeddings(
     failed = _run(small_batches, expert_id, instance)
     assert not failed.success
     record = _record(small_batches, expert_id)
-    assert record.status == "failed" and "embedding provider unavailable" in (record.error_message or "")
+    # Users read a plain message; the raw cause is kept for operators in the history.
+    assert record.status == "failed" and (record.error_message or "").startswith("Embedding failed unexpectedly")
+    assert "ConnectionError" not in (record.error_message or "")
+    with Session(engine_for(small_batches.resolved_database_url)) as session:
+        details = [e.data.get("detail") for e in ExpertProcessingProgressService(session).list_events(expert_id)]
+    assert "ConnectionError: embedding provider unavailable (HTTP 503)" in details
     paid_before_failure = CALLS["requests"]
     texts_before_failure = CALLS["texts"]
 

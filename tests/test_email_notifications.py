@@ -26,7 +26,7 @@ from expert_pipeline.core.progress_service import ExpertProcessingProgressServic
 from expert_pipeline.core.settings import Settings, get_settings
 from expert_pipeline.core.webhooks import deliver_due
 from expert_pipeline.parts import build_resources
-from expert_pipeline.webhook_sensor import webhook_delivery_sensor
+from expert_pipeline.automation.notifications import webhook_delivery_sensor
 from tests.conftest import free_port
 
 SMTP_USER, SMTP_PASSWORD = "mailer", "s3cret-pw"

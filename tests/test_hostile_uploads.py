@@ -26,7 +26,7 @@ from expert_pipeline.core.progress_service import ExpertProcessingProgressServic
 from expert_pipeline.core.settings import Settings
 from expert_pipeline.text.extraction import ExtractionError
 from expert_pipeline.text.isolated_extraction import ExtractionLimits, IsolatedExtractor
-from expert_pipeline.work_area import ExpertWorkArea
+from expert_pipeline.ingest.work_area import ExpertWorkArea
 from status_api.main import create_app
 from tests.conftest import LiveServer
 from tests.hostile_files import (

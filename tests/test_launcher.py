@@ -22,8 +22,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from expert_pipeline.core.settings import Settings, normalize_database_url
-from expert_pipeline.instance_storage import prepare_instance
-from expert_pipeline.launcher import REPO_ROOT, instance_config
+from expert_pipeline.cli.instance_storage import prepare_instance
+from expert_pipeline.cli.up import REPO_ROOT, instance_config
 from tests.conftest import POSTGRES_ADMIN_URL, free_port, skip_or_fail
 from tests.fixture_documents import make_pdf, sample_paragraphs
 from tests.openai_standin import API_KEY as OPENAI_KEY

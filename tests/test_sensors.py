@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
-from expert_pipeline.code_location import build_definitions
+from expert_pipeline.definitions import build_definitions
 from expert_pipeline.parts import build_resources
 from expert_pipeline.partitions import experts
-from expert_pipeline.dead_runs import dead_run_sensor
-from expert_pipeline.sensors import (
+from expert_pipeline.automation.dead_runs import dead_run_sensor
+from expert_pipeline.automation.ingest_sensors import (
     RUN_KEY_TAG,
     ingest_cancelled_sensor,
     ingest_failure_sensor,

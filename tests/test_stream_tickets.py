@@ -23,6 +23,7 @@ from expert_pipeline.core.settings import Settings
 from status_api.main import create_app
 from tests.conftest import LiveServer
 from tests.waiting import wait_for
+from tests.streams import first_progress_chunk
 
 STREAM = "/api/experts/progress/stream"
 
@@ -46,17 +47,6 @@ def create_expert(http: httpx.Client, token: str | None, name: str) -> str:
     return str(r.json()["expert"]["id"])
 
 
-def first_chunk(http: httpx.Client, path: str, ticket: str) -> str:
-    with http.stream("GET", path, params={"ticket": ticket}, timeout=10) as response:
-        assert response.status_code == 200, response.read()
-        seen = ""
-        for chunk in response.iter_text():
-            seen += chunk
-            if "event: progress" in seen:
-                return seen
-    raise AssertionError("the stream ended without a progress frame")
-
-
 def test_a_ticket_opens_one_stream_once(http: httpx.Client, db: Session) -> None:
     alice = auth.create_token(db, "alice")
     bob = auth.create_token(db, "bob")
@@ -74,7 +64,7 @@ def test_a_ticket_opens_one_stream_once(http: httpx.Client, db: Session) -> None
     assert row.token_id == db.scalar(select(ApiToken.id).where(ApiToken.owner == "bob"))
     assert timedelta(seconds=55) < row.expires_at - utcnow() <= timedelta(seconds=60)
 
-    seen = first_chunk(http, STREAM, ticket)  # the stream shows what Bob's token may see
+    seen = first_progress_chunk(http, STREAM, params={"ticket": ticket})  # the stream shows what Bob's token may see
     assert b_id in seen and a_id not in seen
     assert db.scalar(select(StreamTicket)) is None  # used up
     again = http.get(STREAM, params={"ticket": ticket})
@@ -82,7 +72,7 @@ def test_a_ticket_opens_one_stream_once(http: httpx.Client, db: Session) -> None
     assert again.headers["www-authenticate"] == "Bearer"
     assert http.get(STREAM, params={"ticket": "st_made-up"}).status_code == 401
     # One expert's stream too; someone else's expert answers as a missing one.
-    assert a_id in first_chunk(http, f"/api/experts/{a_id}/progress/stream", new_ticket(http, alice))
+    assert a_id in first_progress_chunk(http, f"/api/experts/{a_id}/progress/stream", params={"ticket": new_ticket(http, alice)})
     theirs = http.get(f"/api/experts/{a_id}/progress/stream", params={"ticket": new_ticket(http, bob)})
     assert theirs.status_code == 404
     # A ticket opens streams only: it is no token for anything else.
@@ -107,7 +97,7 @@ def test_expired_tickets_and_tickets_of_revoked_tokens_are_refused(http: httpx.C
 
 def test_local_mode_tickets_end_with_local_mode(http: httpx.Client, db: Session) -> None:
     expert_id = create_expert(http, None, "Local")
-    assert expert_id in first_chunk(http, STREAM, new_ticket(http, None))  # issued without a token
+    assert expert_id in first_progress_chunk(http, STREAM, params={"ticket": new_ticket(http, None)})  # issued without a token
     assert db.scalar(select(StreamTicket)) is None
     leftover = new_ticket(http, None)
     auth.create_token(db, "alice")
@@ -122,7 +112,7 @@ def test_any_api_process_redeems_a_ticket_once(settings: Settings, db: Session) 
             httpx.Client(base_url=one.url, timeout=10) as first, httpx.Client(base_url=two.url, timeout=10) as second:
         create_expert(first, token, "Shared")
         ticket = new_ticket(first, token)
-        assert "event: progress" in first_chunk(second, STREAM, ticket)
+        assert "event: progress" in first_progress_chunk(second, STREAM, params={"ticket": ticket})
         assert second.get(STREAM, params={"ticket": ticket}).status_code == 401
         assert first.get(STREAM, params={"ticket": ticket}).status_code == 401
 

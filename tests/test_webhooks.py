@@ -42,7 +42,7 @@ from expert_pipeline.core.webhooks import (
     verify_webhook,
 )
 from expert_pipeline.parts import build_resources
-from expert_pipeline.webhook_sensor import webhook_delivery_sensor
+from expert_pipeline.automation.notifications import webhook_delivery_sensor
 from tests.conftest import SHARED_DIR, free_port
 
 SECRET = "whsec_test_3f9a"
@@ -630,7 +630,7 @@ def test_sensor_delivers_and_reports(webhook_env: None, db: Session, engine: Eng
 
 
 def test_code_location_runs_the_sensor_by_default(settings: Settings) -> None:
-    from expert_pipeline.code_location import build_definitions
+    from expert_pipeline.definitions import build_definitions
 
     sensor = build_definitions(settings).resolve_sensor_def("webhook_delivery_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING

@@ -10,7 +10,7 @@ import dagster as dg
 
 from expert_pipeline.resources.progress_reporter import ExpertProgress, ProgressReporter
 from expert_pipeline.resources.ingest_settings import IngestSettings
-from expert_pipeline.work_area import ExpertWorkArea
+from expert_pipeline.ingest.work_area import ExpertWorkArea
 
 
 @dataclass

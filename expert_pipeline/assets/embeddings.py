@@ -12,7 +12,7 @@ from expert_pipeline.assets.context import StageRun, stage_run
 from expert_pipeline.core.models import FileStatus, Stage
 from expert_pipeline.partitions import experts
 from expert_pipeline.core.embedding_cache import EmbeddingCache
-from expert_pipeline.progress_plan import RateEstimator, overall_percentage
+from expert_pipeline.ingest.progress_plan import RateEstimator, overall_percentage
 from expert_pipeline.resources.embedder import Embedder
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings

@@ -5,11 +5,12 @@ import dagster as dg
 from expert_pipeline.assets.context import StageRun, stage_run
 from expert_pipeline.core.models import FileStatus, Stage
 from expert_pipeline.partitions import experts
-from expert_pipeline.progress_plan import overall_percentage
+from expert_pipeline.ingest.progress_plan import overall_percentage
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.file_storage import FileStorage
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.progress_reporter import IngestFailed, ProgressReporter
+from expert_pipeline.automation.run_records import PARENT_RUN_TAG, worker_death
 from expert_pipeline.resources.service_trouble import ServiceUnavailable, TroubleEpisodes, TroubleReport
 
 
@@ -30,9 +31,10 @@ def expert_files(
     run = stage_run(context, ingest_settings, progress_reporter)
     files = catalog.files(run.expert_id)
     with run.progress.guard("Fetching files"):
-        run.progress.start_run(
-            context.run.run_id, total_files=len(files), retry_of=context.run.tags.get("dagster/parent_run_id")
-        )
+        retry_of = context.run.tags.get(PARENT_RUN_TAG)
+        # Dagster's retry may start before the failure sensor has told why: say it here.
+        why = worker_death(context.instance, retry_of) if retry_of else None
+        run.progress.start_run(context.run.run_id, total_files=len(files), retry_of=retry_of, why=why)
         if not files:
             raise IngestFailed("This expert has no files to process")
         catalog.retry_failed_files(run.expert_id)

@@ -12,7 +12,7 @@ from expert_pipeline.assets.files import expert_files
 from expert_pipeline.core.progress_service import OPERATOR_DETAIL
 from expert_pipeline.core.models import FileStatus, Stage
 from expert_pipeline.partitions import experts
-from expert_pipeline.progress_plan import overall_percentage
+from expert_pipeline.ingest.progress_plan import overall_percentage
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.progress_reporter import ProgressReporter

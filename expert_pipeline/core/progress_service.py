@@ -165,6 +165,7 @@ class ExpertProcessingProgressService:
         run_id: str | None = None,
         total_files: int | None = None,
         retry_of: str | None = None,
+        why: str | None = None,
     ) -> ExpertProcessingProgress:
         """Move the row to `in_progress` for a run, which then owns it; a new run starts from zero.
 
@@ -198,7 +199,9 @@ class ExpertProcessingProgressService:
         record.heartbeat_at = now
         if total_files is not None:
             record.total_files = _non_negative("total_files", total_files)
-        message = "Processing restarted automatically after a failed run" if retry_of else "Processing started"
+        message = "Processing started"
+        if retry_of:
+            message = "Processing restarted automatically after a failed run" + (f": {why}" if why else "")
         self._event(record, message, {"run_id": run_id, "retry_of": retry_of} if retry_of else {"run_id": run_id}, now)
         self.db.commit()
         return record

@@ -85,8 +85,10 @@ class ExpertProgress:
             data={"kind": "database_outage", "seconds": round(seconds, 1), "attempts": attempts},
         )
 
-    def start_run(self, run_id: str, total_files: int, retry_of: str | None = None) -> None:
-        self._call("start_run", expert_id=self.expert_id, run_id=run_id, total_files=total_files, retry_of=retry_of)
+    def start_run(self, run_id: str, total_files: int, retry_of: str | None = None, why: str | None = None) -> None:
+        self._call(
+            "start_run", expert_id=self.expert_id, run_id=run_id, total_files=total_files, retry_of=retry_of, why=why
+        )
 
     def raise_if_cancelled(self) -> None:
         """Cancellation is cooperative: the run stops at its next batch boundary."""

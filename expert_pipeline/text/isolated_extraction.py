@@ -25,7 +25,7 @@ from types import TracebackType
 from pebble import ProcessExpired, ProcessPool
 
 from expert_pipeline.text.extraction import ExtractionError, extract_pages
-from expert_pipeline.work_area import ExpertWorkArea
+from expert_pipeline.ingest.work_area import ExpertWorkArea
 
 
 @dataclass(frozen=True)

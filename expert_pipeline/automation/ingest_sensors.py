@@ -1,6 +1,5 @@
 """Sensors: start a run for every new expert; turn runs that die into truthful progress rows."""
 
-import re
 import time
 
 import dagster as dg
@@ -10,20 +9,16 @@ from sqlalchemy.orm import Session
 from expert_pipeline.core.models import ExpertProcessingProgress, Status
 from expert_pipeline.core.pipeline_health import BEAT_INTERVAL_SECONDS, record_beat
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService, owned_by
+from expert_pipeline.automation.run_records import (
+    PARENT_RUN_TAG,
+    PARTITION_TAG,
+    RUN_KEY_TAG,
+    run_key_for,
+    worker_death,
+)
 from expert_pipeline.jobs import ingest_job
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
-
-PARTITION_TAG = "dagster/partition"
-RUN_KEY_TAG = "dagster/run_key"
-PARENT_RUN_TAG = "dagster/parent_run_id"
-
-
-def run_key_for(record: ExpertProcessingProgress) -> str:
-    # A new request (a new expert, or a retry that resets the row to pending) has a new
-    # started_at, hence a new run key; repeated ticks for the same request are deduplicated.
-    return f"{record.expert_id}@{record.started_at.isoformat()}"
-
 
 @dg.sensor(
     job=ingest_job,
@@ -108,27 +103,11 @@ def _finish(
 )
 def ingest_failure_sensor(context: dg.RunFailureSensorContext, catalog: ExpertCatalog) -> None:
     # Dagster's own words ("Execution of run ... failed. Steps failed: [...]") are for operators.
-    reason = _worker_death(context) or "the run ended before its steps could report. Retry; if it fails again, an operator can see the cause in the Dagster UI"
+    reason = worker_death(context.instance, context.dagster_run.run_id) or "the run ended before its steps could report. Retry; if it fails again, an operator can see the cause in the Dagster UI"
     _finish(
         context, catalog, Status.FAILED, f"Processing stopped unexpectedly: {reason}",
         detail=context.failure_event.message or None,
     )
-
-
-# The code server reports a run process that died (kill -9, out of memory) in an engine event;
-# the failure event itself only says the run "has been marked as failed from outside".
-_WORKER_DIED = re.compile(r"Run execution process for \S+ (was terminated by [^.]+|exited[^.]*)")
-
-
-def _worker_death(context: dg.RunFailureSensorContext) -> str | None:
-    records = context.instance.get_records_for_run(
-        context.dagster_run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=20, ascending=False
-    ).records
-    for record in records:
-        match = _WORKER_DIED.search(record.event_log_entry.message or "")
-        if match:
-            return f"the run worker {match.group(1)} (out of memory, or killed)"
-    return None
 
 
 @dg.run_status_sensor(

@@ -31,7 +31,7 @@ from expert_pipeline.resources.file_storage import FileStorage
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.maintenance_settings import MaintenanceSettings
 from expert_pipeline.resources.vector_store import VectorStore
-from expert_pipeline.work_area import ExpertWorkArea
+from expert_pipeline.ingest.work_area import ExpertWorkArea
 
 
 @dg.op(description="Delete completed progress records (and their events) past retention; failed and cancelled ones after a longer retention.")

@@ -22,13 +22,13 @@ def _cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from expert_pipeline.launcher import run_servers
+    from expert_pipeline.cli.up import run_servers
 
     return run_servers(api_only=args.api_only)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from expert_pipeline.terminal_ingest import ingest_files
+    from expert_pipeline.cli.ingest import ingest_files
 
     return ingest_files(name=args.name, paths=args.files, agent_id=args.agent_id)
 

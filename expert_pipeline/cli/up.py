@@ -14,9 +14,9 @@ import psutil
 
 from expert_pipeline.core.db import migrate
 from expert_pipeline.core.settings import get_settings
-from expert_pipeline.instance_storage import InstanceStorageError, prepare_instance
+from expert_pipeline.cli.instance_storage import InstanceStorageError, prepare_instance
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 LOCAL_HOST = "127.0.0.1"
