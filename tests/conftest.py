@@ -3,6 +3,9 @@
 PostgreSQL comes from TEST_POSTGRES_URL (default: the local server with trust auth). Without
 a reachable server the PostgreSQL cases skip with the reason, unless
 EXPERT_PIPELINE_REQUIRE_SERVICES=1 (as in CI), where they fail instead.
+
+The stand-ins' fixtures (OpenAI, Pinecone, S3 through moto) are registered once, below, with
+`pytest_plugins`: a test asks for `openai_standin`, `pinecone_store`, `s3_bucket`... by name.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, delete, text
@@ -21,8 +25,10 @@ from sqlalchemy.orm import Session
 
 from expert_pipeline.core.db import engine_for, migrate
 from expert_pipeline.core.models import Base
-from expert_pipeline.core.settings import Settings
+from expert_pipeline.core.settings import Settings, normalize_database_url
 from tests.threaded_server import ThreadedServer
+
+pytest_plugins = ("tests.openai_standin", "tests.pinecone_standin", "tests.s3_server")
 
 REQUIRE_SERVICES = os.environ.get("EXPERT_PIPELINE_REQUIRE_SERVICES") == "1"
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -77,6 +83,25 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         _migrated.add(url)
     _clean(engine_for(url))
     return url
+
+
+@pytest.fixture
+def instance(database_url: str) -> Iterator[dg.DagsterInstance]:
+    """The Dagster instance for in-process runs and sensor ticks, on the leg's database.
+
+    On the PostgreSQL leg runs, events, partitions and ticks live in PostgreSQL through
+    dagster-postgres (psycopg2 URL), as in production; the session's database outlives a test,
+    so its Dagster storage is emptied first. On SQLite: a temporary SQLite instance.
+    """
+    if not database_url.startswith("postgresql"):
+        with dg.instance_for_test() as instance:
+            yield instance
+        return
+    overrides = {"storage": {"postgres": {"postgres_url": normalize_database_url(database_url)}}}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        instance.wipe()  # runs and event logs (dynamic partitions included)
+        instance.schedule_storage.wipe()  # type: ignore[union-attr] - sensor ticks and cursors
+        yield instance
 
 
 @pytest.fixture

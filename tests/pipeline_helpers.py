@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,9 +77,20 @@ class ProgressWatcher:
             thread.join(timeout=10)
 
 
-def run_ingest(settings: Settings, expert_id: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    defs = build_definitions(settings)
+def run_ingest(
+    settings: Settings,
+    expert_id: str,
+    instance: dg.DagsterInstance,
+    *,
+    resources: Mapping[str, object] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> dg.ExecuteInProcessResult:
+    """The ingest job for one expert's partition, in process; `resources` replace the job's own
+    (a counting or broken part), `tags` are the run's (a run key, a parent run)."""
     if expert_id not in instance.get_dynamic_partitions(experts.name):
         instance.add_dynamic_partitions(experts.name, [expert_id])
-    job = defs.resolve_job_def("ingest_expert")
-    return job.execute_in_process(partition_key=expert_id, instance=instance, raise_on_error=False)
+    job = build_definitions(settings).resolve_job_def("ingest_expert")
+    return job.execute_in_process(
+        partition_key=expert_id, instance=instance, raise_on_error=False,
+        resources=dict(resources) if resources else None, tags=dict(tags) if tags else None,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,12 +18,11 @@ from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.models import ExpertProcessingProgress, utcnow
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService, RunNotWanted
 from expert_pipeline.core.settings import Settings
-from expert_pipeline.definitions import build_definitions
 from expert_pipeline.parts import build_vector_store
-from expert_pipeline.partitions import experts
 from expert_pipeline.resources.embedder import LocalEmbedder
 from tests.fixture_documents import make_pdf, sample_paragraphs
-from tests.pipeline_helpers import ProgressWatcher, create_expert
+from tests.pipeline_helpers import ProgressWatcher, create_expert, run_ingest
+from tests.waiting import wait_for
 
 CALLS: dict[str, int] = {"texts": 0, "requests": 0}
 FAIL_AFTER: dict[str, int | None] = {"requests": None}
@@ -48,23 +47,12 @@ def reset_counters() -> None:
 
 
 @pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
 def small_batches(settings: Settings) -> Settings:
     return settings.model_copy(update={"embedding_batch_size": 2, "progress_min_write_interval_seconds": 0.0})
 
 
 def _run(settings: Settings, expert_id: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    if expert_id not in instance.get_dynamic_partitions(experts.name):
-        instance.add_dynamic_partitions(experts.name, [expert_id])
-    job = build_definitions(settings).resolve_job_def("ingest_expert")
-    return job.execute_in_process(
-        partition_key=expert_id, instance=instance, raise_on_error=False, resources={"embedder": CountingEmbedder()}
-    )
+    return run_ingest(settings, expert_id, instance, resources={"embedder": CountingEmbedder()})
 
 
 def _record(settings: Settings, expert_id: str) -> ExpertProcessingProgress:
@@ -156,15 +144,15 @@ def test_cancel_stops_a_running_ingest(
     outcome: dict[str, dg.ExecuteInProcessResult] = {}
     worker = threading.Thread(target=lambda: outcome.setdefault("result", _run(settings, expert_id, instance)))
     worker.start()
-    deadline = time.monotonic() + 60
-    while _record(settings, expert_id).stage != "embedding" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for("the run to be embedding", lambda: _record(settings, expert_id).stage == "embedding",
+             timeout=60, interval=0.05)
     with httpx.Client(base_url=live_api.url) as client:  # type: ignore[attr-defined]
         cancelled = client.post(f"/api/experts/{expert_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["progress"]["status"] == "cancelled"
         assert client.post(f"/api/experts/{expert_id}/cancel").status_code == 409
         assert client.post("/api/experts/nobody/cancel").status_code == 404
     worker.join(timeout=60)
+    assert not worker.is_alive(), "the cancelled run did not stop within 60 s"
     assert not outcome["result"].success
     record = _record(settings, expert_id)
     assert record.status == "cancelled" and record.error_message == "Cancelled by user"

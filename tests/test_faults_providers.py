@@ -9,7 +9,6 @@ honours, and botocore's jittered backoff is replaced by a fixed short delay (`qu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +27,14 @@ from expert_pipeline.parts import build_vector_store
 from status_api.main import create_app
 from tests.fixture_documents import sample_paragraphs
 from tests.openai_standin import API_KEY as OPENAI_KEY
-from tests.openai_standin import OpenAIStandin, openai_standin  # noqa: F401 - fixture
+from tests.openai_standin import OpenAIStandin
 from tests.pipeline_helpers import create_expert, run_ingest
-from tests.s3_server import FaultProxy, aws_credentials, moto_endpoint, s3_bucket, s3_client, s3_proxy  # noqa: F401
+from tests.s3_server import FaultProxy
 
 pytestmark = pytest.mark.timeout(180)
 
 PROVIDER = "The embedding provider answered"
 STORAGE = "The file storage answered"
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def _document(tmp_path: Path, name: str, paragraphs: int, seed: int = 0) -> Path:
@@ -86,7 +79,7 @@ def _sent(standin: OpenAIStandin, since: int = 0) -> list[str]:
 
 @pytest.fixture
 def openai_settings(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, openai_standin: OpenAIStandin  # noqa: F811
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, openai_standin: OpenAIStandin
 ) -> Settings:
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)  # reaches Dagster as an EnvVar
     return settings.model_copy(update={
@@ -96,7 +89,7 @@ def openai_settings(
 
 
 def test_provider_rate_limits_then_errors_for_a_while_are_ridden_out(
-    openai_settings: Settings, openai_standin: OpenAIStandin, instance: dg.DagsterInstance, tmp_path: Path  # noqa: F811
+    openai_settings: Settings, openai_standin: OpenAIStandin, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
     expert_id = create_expert(openai_settings, [_document(tmp_path, "tides.txt", 6)])
     # Five failures in a row, all on the first call: within the SDK's 6 retries.
@@ -117,7 +110,7 @@ def test_provider_rate_limits_then_errors_for_a_while_are_ridden_out(
 
 
 def test_trouble_recurring_batch_after_batch_is_one_episode_not_a_line_per_batch(
-    openai_settings: Settings, openai_standin: OpenAIStandin, instance: dg.DagsterInstance, tmp_path: Path  # noqa: F811
+    openai_settings: Settings, openai_standin: OpenAIStandin, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
     expert_id = create_expert(openai_settings, [_document(tmp_path, "currents.txt", 60, seed=5)])
     openai_standin.fail_first_attempts(4, 429, retry_after=0.05)  # batches 1-4, then clean
@@ -136,7 +129,7 @@ def test_trouble_recurring_batch_after_batch_is_one_episode_not_a_line_per_batch
 
 
 def test_provider_down_for_good_fails_truthfully_and_a_retry_pays_only_for_the_rest(
-    openai_settings: Settings, openai_standin: OpenAIStandin, instance: dg.DagsterInstance, tmp_path: Path  # noqa: F811
+    openai_settings: Settings, openai_standin: OpenAIStandin, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
     expert_id = create_expert(openai_settings, [_document(tmp_path, "harbours.txt", 60, seed=3)])
     openai_standin.outage_after(2, 500, retry_after=0.01)  # two batches through, then every request fails
@@ -188,7 +181,7 @@ def quick_s3_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def s3_settings(
-    settings: Settings, s3_bucket: str, s3_proxy: FaultProxy, aws_credentials: Any,  # noqa: F811
+    settings: Settings, s3_bucket: str, s3_proxy: FaultProxy, aws_credentials: Any,
     quick_s3_retries: None,
 ) -> Settings:
     return settings.model_copy(
@@ -197,7 +190,7 @@ def s3_settings(
 
 
 def test_storage_failing_transiently_is_ridden_out(
-    s3_settings: Settings, s3_proxy: FaultProxy, instance: dg.DagsterInstance, tmp_path: Path  # noqa: F811
+    s3_settings: Settings, s3_proxy: FaultProxy, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
     expert_id = create_expert(s3_settings, [_document(tmp_path, "reefs.txt", 4)])
     s3_proxy.fail_next(1, 503, method="HEAD")  # download_file asks for the size first,
@@ -217,7 +210,7 @@ def test_storage_failing_transiently_is_ridden_out(
 
 
 def test_storage_failing_for_one_file_fails_it_alone_until_a_retry(
-    s3_settings: Settings, s3_proxy: FaultProxy, instance: dg.DagsterInstance, tmp_path: Path  # noqa: F811
+    s3_settings: Settings, s3_proxy: FaultProxy, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
     expert_id = create_expert(
         s3_settings, [_document(tmp_path, "kelp.txt", 4, seed=1), _document(tmp_path, "storms.txt", 4, seed=2)]

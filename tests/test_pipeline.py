@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -25,15 +24,6 @@ from tests.fixture_documents import (
 from tests.pipeline_helpers import ProgressWatcher, create_expert, run_ingest
 
 STAGE_ORDER = ["file_processing", "text_extraction", "embedding", "pinecone_storage", "complete"]
-
-
-@pytest.fixture
-def instance(database_url: str) -> Iterator[dg.DagsterInstance]:
-    # On the PostgreSQL leg the Dagster instance (runs, events, partitions) lives in
-    # PostgreSQL too, through dagster-postgres, as in production.
-    overrides = {"storage": {"postgres": {"postgres_url": database_url}}}
-    with dg.instance_for_test(overrides=overrides if database_url.startswith("postgresql") else None) as instance:
-        yield instance
 
 
 @pytest.fixture

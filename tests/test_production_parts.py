@@ -19,17 +19,16 @@ from status_api.main import create_app
 from tests.conftest import LiveServer
 from tests.fixture_documents import make_pdf, sample_paragraphs
 from tests.openai_standin import API_KEY as OPENAI_KEY
-from tests.openai_standin import OpenAIStandin, openai_standin  # noqa: F401 - fixture
+from tests.openai_standin import OpenAIStandin
 from tests.pinecone_standin import API_KEY as PINECONE_KEY
-from tests.pinecone_standin import PineconeStandin, pinecone_standin  # noqa: F401 - fixture
+from tests.pinecone_standin import PineconeStandin
 from tests.pipeline_helpers import run_ingest
-from tests.s3_server import aws_credentials, moto_endpoint, s3_bucket, s3_client  # noqa: F401 - fixtures
 
 
 @pytest.fixture
 def production(
-    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, s3_bucket: str,  # noqa: F811
-    openai_standin: OpenAIStandin, pinecone_standin: PineconeStandin,  # noqa: F811
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, s3_bucket: str,
+    openai_standin: OpenAIStandin, pinecone_standin: PineconeStandin,
 ) -> Iterator[Settings]:
     env = {
         "FILE_STORAGE": "s3", "S3_BUCKET": s3_bucket, "S3_PREFIX": "tenant-a", "AWS_ENDPOINT_URL": moto_endpoint,
@@ -56,8 +55,8 @@ def test_configuration_selects_every_production_part(production: Settings) -> No
 
 
 def test_upload_to_s3_ingest_with_openai_into_pinecone(
-    production: Settings, tmp_path: Path, s3_client: Any, s3_bucket: str,  # noqa: F811
-    openai_standin: OpenAIStandin, pinecone_standin: PineconeStandin,  # noqa: F811
+    production: Settings, tmp_path: Path, s3_client: Any, s3_bucket: str,
+    openai_standin: OpenAIStandin, pinecone_standin: PineconeStandin, instance: dg.DagsterInstance,
 ) -> None:
     pdf = make_pdf(tmp_path / "ocean.pdf", ["\n\n".join(sample_paragraphs(8, seed=s)) for s in range(4)])
     with LiveServer(create_app(production)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
@@ -67,9 +66,7 @@ def test_upload_to_s3_ingest_with_openai_into_pinecone(
         keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
         assert len(keys) == 1 and keys[0].startswith(f"tenant-a/experts/{expert_id}/")
 
-        with dg.instance_for_test() as instance:
-            result = run_ingest(production, expert_id, instance)
-        assert result.success
+        assert run_ingest(production, expert_id, instance).success
         progress = client.get(f"/api/experts/{expert_id}/progress").json()["progress"]
         assert (progress["status"], progress["processed_files"]) == ("completed", 1)
         chunks = progress["total_chunks"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import pytest
 from sqlalchemy.orm import Session
 
 from expert_pipeline.core.db import engine_for
@@ -23,13 +21,7 @@ from expert_pipeline.automation.ingest_sensors import (
     pending_experts_sensor,
     run_key_for,
 )
-from tests.pipeline_helpers import create_expert
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
+from tests.pipeline_helpers import create_expert, run_ingest
 
 
 def _txt(tmp_path: Path, name: str) -> Path:
@@ -97,10 +89,8 @@ def test_failure_outside_asset_code_marks_expert_failed(
     settings: Settings, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
     expert_id = create_expert(settings, [_txt(tmp_path, "a.txt")])
-    instance.add_dynamic_partitions(experts.name, [expert_id])
-    job = build_definitions(settings).resolve_job_def("ingest_expert")
-    result = job.execute_in_process(
-        partition_key=expert_id, instance=instance, raise_on_error=False,
+    result = run_ingest(
+        settings, expert_id, instance,
         resources={"file_storage": BrokenStorage()}, tags={RUN_KEY_TAG: _run_key(settings, expert_id)},
     )
     assert not result.success
@@ -125,17 +115,14 @@ def test_failure_of_an_earlier_requests_run_leaves_the_new_request_alone(
     """Cancel then retry at once: the cancelled request's run ends after the retry re-queued the
     expert. Its failure belongs to the old request and must not fail the new one."""
     expert_id = create_expert(settings, [_txt(tmp_path, "a.txt")])
-    instance.add_dynamic_partitions(experts.name, [expert_id])
     old_key = _run_key(settings, expert_id)
     with Session(engine_for(settings.resolved_database_url)) as session:
         service = ExpertProcessingProgressService(session)
         service.mark_cancelled(expert_id, "Cancelled by user")
         service.create_progress_record(expert_id, total_files=1)  # POST /retry
     assert _run_key(settings, expert_id) != old_key
-    job = build_definitions(settings).resolve_job_def("ingest_expert")
-    result = job.execute_in_process(
-        partition_key=expert_id, instance=instance, raise_on_error=False,
-        resources={"file_storage": BrokenStorage()}, tags={RUN_KEY_TAG: old_key},
+    result = run_ingest(
+        settings, expert_id, instance, resources={"file_storage": BrokenStorage()}, tags={RUN_KEY_TAG: old_key}
     )
     run = instance.get_run_by_id(result.run_id)
     assert run is not None
@@ -209,9 +196,7 @@ def test_dead_run_worker_is_failed_and_its_retry_resumes(
     assert tick() == "no dead runs"
 
     # Dagster's automatic retry of that run (tagged with its parent) picks the expert up again.
-    retry = job.execute_in_process(
-        partition_key=expert_id, instance=instance, tags={"dagster/parent_run_id": dead.run_id}
-    )
+    retry = run_ingest(settings, expert_id, instance, tags={"dagster/parent_run_id": dead.run_id})
     assert retry.success
     assert _progress(settings, expert_id) == ("completed", None)
     with Session(engine) as session:
