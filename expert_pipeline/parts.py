@@ -117,6 +117,15 @@ def log_parts(settings: Settings, logger: logging.Logger = log) -> None:
         logger.info("%s: %s", role, part)
 
 
+def part_kinds(settings: Settings) -> dict[str, set[str]]:
+    """Asset key -> the kinds (technologies) the parts in use give it, beside "python"."""
+    return {
+        "expert_files": {"s3"} if settings.file_storage == "s3" else {"filesystem"},
+        "expert_embeddings": {"openai"} if settings.embedding_provider == "openai" else {"pytorch"},
+        "expert_vectors": {"pinecone"} if settings.vector_store == "pinecone" else {"lancedb"},
+    }
+
+
 def build_resources(settings: Settings) -> dict[str, Any]:
     url = settings.resolved_database_url
     return {

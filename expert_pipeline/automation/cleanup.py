@@ -17,13 +17,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import dagster as dg
-from sqlalchemy import and_, delete, or_, select
-from sqlalchemy.orm import Session
 
-from expert_pipeline.core.models import (
-    EmbeddingCacheEntry, Expert, ExpertProcessingProgress, Status, WebhookDelivery, WebhookDeliveryStatus, utcnow,
-)
-from expert_pipeline.core.progress_service import ExpertProcessingProgressService
+from expert_pipeline.core.models import utcnow
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.core.experts_service import expert_prefix
@@ -39,21 +34,11 @@ def remove_expired_progress(
     context: dg.OpExecutionContext, catalog: ExpertCatalog, maintenance_settings: MaintenanceSettings
 ) -> int:
     now = utcnow()
-    completed_before = now - timedelta(days=maintenance_settings.completed_retention_days)
-    failed_before = now - timedelta(days=maintenance_settings.failed_retention_days)
-    P = ExpertProcessingProgress
-    with Session(catalog.engine) as session:
-        expired = list(
-            session.scalars(
-                select(P.expert_id).where(
-                    or_(
-                        and_(P.status == Status.COMPLETED, P.completed_at < completed_before),
-                        and_(P.status.in_([Status.FAILED, Status.CANCELLED]), P.completed_at < failed_before),
-                    )
-                )
-            )
-        )
-        removed = ExpertProcessingProgressService(session).delete_many(expired)
+    expired = catalog.expired_progress(
+        completed_before=now - timedelta(days=maintenance_settings.completed_retention_days),
+        failed_before=now - timedelta(days=maintenance_settings.failed_retention_days),
+    )
+    removed = catalog.delete_progress(expired)
     context.log.info(f"Removed {removed} expired progress records")
     return removed
 
@@ -67,8 +52,7 @@ def remove_deleted_experts(
     ingest_settings: IngestSettings,
 ) -> int:
     partitions = set(context.instance.get_dynamic_partitions(experts.name))
-    with Session(catalog.engine) as session:
-        existing = set(session.scalars(select(Expert.id).where(Expert.id.in_(partitions)))) if partitions else set()
+    existing = catalog.existing_experts(partitions)
     gone = sorted(partitions - existing)
     for expert_id in gone:
         file_storage.delete_prefix(expert_prefix(expert_id))
@@ -89,13 +73,6 @@ class OrphanCleanupConfig(dg.Config):
     grace_seconds: float = ORPHAN_GRACE_SECONDS
 
 
-def _with_rows(catalog: ExpertCatalog, expert_ids: set[str]) -> set[str]:
-    if not expert_ids:
-        return set()
-    with Session(catalog.engine) as session:
-        return set(session.scalars(select(Expert.id).where(Expert.id.in_(sorted(expert_ids)))))
-
-
 @dg.op(description="Remove stored files and vector namespaces that no expert row owns, once older than a "
        "grace period (an upload in flight writes its files before its row commits).")
 def remove_orphaned_data(
@@ -109,7 +86,7 @@ def remove_orphaned_data(
     # Storage first, rows second: whatever was listed and has no row now had none when listed.
     folders = {name for name in file_storage.list_folders(EXPERTS_FOLDER) if _EXPERT_ID.fullmatch(name)}
     namespaces = {name for name in vector_store.list_namespaces() if _EXPERT_ID.fullmatch(name)}
-    owned = _with_rows(catalog, folders | namespaces)
+    owned = catalog.existing_experts(folders | namespaces)
     counts = {"file_folders_removed": 0, "files_removed": 0, "vector_namespaces_removed": 0,
               "kept_within_grace": 0, "errors": 0}
 
@@ -120,7 +97,7 @@ def remove_orphaned_data(
                 counts["kept_within_grace"] += 1
                 context.log.info(f"Kept orphaned {kind} of {expert_id}: changed {changed.isoformat()}, within the grace period")
                 return
-            if _with_rows(catalog, {expert_id}):
+            if catalog.existing_experts([expert_id]):
                 return  # its upload committed after the listing
             removed = delete()
         except Exception as exc:  # noqa: BLE001 - one store error must not stop the others' cleanup
@@ -163,20 +140,10 @@ def prune_outbox_and_cache(
     context: dg.OpExecutionContext, catalog: ExpertCatalog, maintenance_settings: MaintenanceSettings
 ) -> dict[str, int]:
     now = utcnow()
-    deliveries_before = now - timedelta(days=maintenance_settings.completed_retention_days)
-    cache_before = now - timedelta(days=maintenance_settings.embedding_cache_retention_days)
-    D = WebhookDelivery
-    with Session(catalog.engine) as session:
-        # Pending deliveries are still owed to someone; only finished ones go.
-        deliveries = session.execute(
-            delete(D).where(
-                D.status.in_([WebhookDeliveryStatus.DELIVERED, WebhookDeliveryStatus.FAILED]),
-                D.next_attempt_at < deliveries_before,
-            )
-        ).rowcount
-        cached = session.execute(delete(EmbeddingCacheEntry).where(EmbeddingCacheEntry.created_at < cache_before)).rowcount
-        session.commit()
-    removed = {"webhook_deliveries": int(deliveries or 0), "embedding_cache_entries": int(cached or 0)}
+    removed = catalog.prune_outbox_and_cache(
+        deliveries_before=now - timedelta(days=maintenance_settings.completed_retention_days),
+        cache_before=now - timedelta(days=maintenance_settings.embedding_cache_retention_days),
+    )
     context.log.info(f"Pruned {removed['webhook_deliveries']} webhook deliveries, {removed['embedding_cache_entries']} cached embeddings")
     return removed
 

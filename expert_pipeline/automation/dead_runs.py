@@ -8,11 +8,9 @@ steps) then start it again once, and the embedding cache makes that second run c
 from datetime import timedelta
 
 import dagster as dg
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from expert_pipeline.core.models import ExpertProcessingProgress, Status, utcnow
-from expert_pipeline.core.progress_service import ExpertProcessingProgressService, owned_by
+from expert_pipeline.core.progress_service import owned_by
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.maintenance_settings import MaintenanceSettings
 
@@ -33,26 +31,21 @@ def build_dead_run_sensor(check_interval_seconds: int = 30) -> dg.SensorDefiniti
     def dead_run_sensor(
         context: dg.SensorEvaluationContext, catalog: ExpertCatalog, maintenance_settings: MaintenanceSettings
     ) -> dg.SkipReason:
-        P = ExpertProcessingProgress
-        cutoff = utcnow() - timedelta(seconds=maintenance_settings.dead_run_after_seconds)
+        silent = int(maintenance_settings.dead_run_after_seconds)
+        cutoff = utcnow() - timedelta(seconds=silent)
+        reason = f"The run worker stopped responding (no heartbeat for {silent} s)"
         handled: list[str] = []
-        with Session(catalog.engine) as session:
-            dead = list(
-                session.scalars(select(P).where(P.status == Status.IN_PROGRESS, func.coalesce(P.heartbeat_at, P.updated_at) < cutoff))
-            )
-            for record in dead:
-                silent = int(maintenance_settings.dead_run_after_seconds)
-                reason = f"The run worker stopped responding (no heartbeat for {silent} s)"
-                run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
-                if run is not None and not run.is_finished:
-                    context.instance.report_run_failed(run, reason)
-                # Only while that run still owns the row: it may have been re-queued meanwhile.
-                failed = ExpertProcessingProgressService(session).finish_if(
-                    record.expert_id, Status.FAILED, reason,
-                    lambda r, run_id=record.run_id: owned_by(r, run_id) and (r.heartbeat_at or r.updated_at) < cutoff,
-                )
-                if failed:
-                    handled.append(record.expert_id)
+        for record in catalog.silent_runs(cutoff):
+            run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
+            if run is not None and not run.is_finished:
+                context.instance.report_run_failed(run, reason)
+
+            # Only while that run still owns the row and is still silent: it may have moved on.
+            def still_dead(r: ExpertProcessingProgress, run_id: str | None = record.run_id) -> bool:
+                return owned_by(r, run_id) and (r.heartbeat_at or r.updated_at) < cutoff
+
+            if catalog.finish_if(record.expert_id, Status.FAILED, reason, still_dead):
+                handled.append(record.expert_id)
         return dg.SkipReason(f"{len(handled)} dead run(s) handled" if handled else "no dead runs")
 
     return dead_run_sensor

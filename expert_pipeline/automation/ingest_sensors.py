@@ -3,12 +3,10 @@
 import time
 
 import dagster as dg
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from expert_pipeline.core.models import ExpertProcessingProgress, Status
-from expert_pipeline.core.pipeline_health import BEAT_INTERVAL_SECONDS, record_beat
-from expert_pipeline.core.progress_service import ExpertProcessingProgressService, owned_by
+from expert_pipeline.core.pipeline_health import BEAT_INTERVAL_SECONDS
+from expert_pipeline.core.progress_service import owned_by
 from expert_pipeline.automation.run_records import (
     PARENT_RUN_TAG,
     PARTITION_TAG,
@@ -20,6 +18,7 @@ from expert_pipeline.jobs import ingest_job
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 
+
 @dg.sensor(
     job=ingest_job,
     minimum_interval_seconds=1,
@@ -28,15 +27,7 @@ from expert_pipeline.resources.expert_catalog import ExpertCatalog
 )
 def pending_experts_sensor(context: dg.SensorEvaluationContext, catalog: ExpertCatalog) -> dg.SensorResult:
     cursor = _beat_if_due(context, catalog)
-    with Session(catalog.engine) as session:
-        pending = list(
-            session.scalars(
-                select(ExpertProcessingProgress)
-                .where(ExpertProcessingProgress.status == Status.PENDING)
-                .order_by(ExpertProcessingProgress.started_at)
-                .limit(100)
-            )
-        )
+    pending = catalog.pending_requests(limit=100)
     known = set(context.instance.get_dynamic_partitions(experts.name))
     new_keys = sorted({r.expert_id for r in pending} - known)
     return dg.SensorResult(
@@ -57,8 +48,7 @@ def _beat_if_due(context: dg.SensorEvaluationContext, catalog: ExpertCatalog) ->
     if now - last < BEAT_INTERVAL_SECONDS:
         return context.cursor
     queued = context.instance.get_runs_count(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]))
-    with Session(catalog.engine) as session:
-        record_beat(session, {"queued_runs": queued})
+    catalog.record_pipeline_beat({"queued_runs": queued})
     return str(now)
 
 
@@ -82,17 +72,15 @@ def _finish(
         # Not claimed yet: the run died before its first step, and is the run of this request.
         return record.status == Status.PENDING and run.tags.get(RUN_KEY_TAG) == run_key_for(record)
 
-    with Session(catalog.engine) as session:
-        service = ExpertProcessingProgressService(session)
-        if service.finish_if(expert_id, status, message, owns, detail):
-            return
-        record = service.get_progress(expert_id)
-        if record is None or record.status != Status.IN_PROGRESS or record.run_id is None:
-            return  # deleted, re-queued by a user, or already final: nothing of this run to say
-        owner = context.instance.get_run_by_id(record.run_id)
-        if owner is not None and owner.tags.get(PARENT_RUN_TAG) == run.run_id:
-            # Dagster's retry of this run already owns the row: keep its progress, say why it exists.
-            service.record_event(expert_id, f"Run {run.run_id} ended: {message}", {"run_id": run.run_id})
+    if catalog.finish_if(expert_id, status, message, owns, detail):
+        return
+    record = catalog.progress(expert_id)
+    if record is None or record.status != Status.IN_PROGRESS or record.run_id is None:
+        return  # deleted, re-queued by a user, or already final: nothing of this run to say
+    owner = context.instance.get_run_by_id(record.run_id)
+    if owner is not None and owner.tags.get(PARENT_RUN_TAG) == run.run_id:
+        # Dagster's retry of this run already owns the row: keep its progress, say why it exists.
+        catalog.note(expert_id, f"Run {run.run_id} ended: {message}", {"run_id": run.run_id})
 
 
 @dg.run_failure_sensor(
@@ -103,7 +91,10 @@ def _finish(
 )
 def ingest_failure_sensor(context: dg.RunFailureSensorContext, catalog: ExpertCatalog) -> None:
     # Dagster's own words ("Execution of run ... failed. Steps failed: [...]") are for operators.
-    reason = worker_death(context.instance, context.dagster_run.run_id) or "the run ended before its steps could report. Retry; if it fails again, an operator can see the cause in the Dagster UI"
+    reason = worker_death(context.instance, context.dagster_run.run_id) or (
+        "the run ended before its steps could report. Retry; if it fails again, an operator can see the "
+        "cause in the Dagster UI"
+    )
     _finish(
         context, catalog, Status.FAILED, f"Processing stopped unexpectedly: {reason}",
         detail=context.failure_event.message or None,

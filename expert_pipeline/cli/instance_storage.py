@@ -10,6 +10,7 @@ that state is repaired.
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,14 +47,14 @@ def prepare_instance(dagster_home: Path, say: Callable[[str], None] = print) -> 
 
 
 def repair_alembic_versions(dagster_home: Path) -> list[tuple[Path, str, list[str]]]:
-    """Keep the newest of several alembic versions in each SQLite storage database; returns what
-    was repaired as (database, kept, dropped). The tables were created whole by the process that
-    stamped the newest version, so the newest is the truth."""
+    """Keep the current head of several alembic versions in each SQLite storage database; returns
+    what was repaired as (database, kept, dropped). The tables were created whole, at the head,
+    by the process that stamped it; the other stamp is the race's leftover."""
     # The shared databases both processes create; per-run event logs have one writer each.
     databases = sorted(p for p in dagster_home.rglob("*.db") if p.name in _SHARED_DATABASES)
     if not databases:
         return []
-    order = _newest_first()
+    head: str | None = None
     repaired: list[tuple[Path, str, list[str]]] = []
     for database in databases:
         with sqlite3.connect(database, timeout=30) as connection:
@@ -63,23 +64,26 @@ def repair_alembic_versions(dagster_home: Path) -> list[tuple[Path, str, list[st
                 continue  # no alembic table: nothing to repair
             if len(versions) < 2:
                 continue
-            known = [v for v in order if v in versions]
-            if not known:
+            head = head or _current_head()
+            if head not in versions:
                 raise InstanceStorageError(
-                    f"{database} has alembic versions {versions} that this Dagster does not know; "
+                    f"{database} has alembic versions {versions}, none of them this Dagster's ({head}); "
                     f"move {dagster_home} aside and start again"
                 )
-            kept = known[0]
-            dropped = [v for v in versions if v != kept]
-            connection.execute("DELETE FROM alembic_version WHERE version_num != ?", (kept,))
-        repaired.append((database, kept, dropped))
+            dropped = [v for v in versions if v != head]
+            connection.execute("DELETE FROM alembic_version WHERE version_num != ?", (head,))
+        repaired.append((database, head, dropped))
     return repaired
 
 
-def _newest_first() -> list[str]:
-    from alembic.script import ScriptDirectory
-    from dagster._core.storage.runs.sqlite import sqlite_run_storage
-    from dagster._core.storage.sql import get_alembic_config
+def _current_head() -> str:
+    """The alembic version Dagster stamps on storage it creates today: read off a scratch
+    instance, which needs no look inside Dagster's private modules."""
+    from dagster import DagsterInstance
 
-    script = ScriptDirectory.from_config(get_alembic_config(sqlite_run_storage.__file__))
-    return [revision.revision for revision in script.walk_revisions()]
+    with tempfile.TemporaryDirectory() as scratch:
+        with DagsterInstance.from_config(scratch) as instance:
+            instance.get_runs(limit=1)
+        with sqlite3.connect(Path(scratch) / "history" / "runs.db") as connection:
+            (head,) = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    return str(head)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import dagster as dg
@@ -12,7 +13,10 @@ from sqlalchemy.orm import Session
 
 from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.db_retry import call_with_db_retry
-from expert_pipeline.core.models import Expert, ExpertFile, FileStatus, Stage
+from expert_pipeline.core import maintenance
+from expert_pipeline.core.models import Expert, ExpertFile, ExpertProcessingProgress, FileStatus, Stage, Status
+from expert_pipeline.core.pipeline_health import record_beat
+from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.stats import recent_stage_seconds
 
 
@@ -68,6 +72,49 @@ class ExpertCatalog(dg.ConfigurableResource):
 
     def fail_file(self, file_id: str, kind: str, message: str) -> None:
         self.set_file(file_id, status=FileStatus.FAILED, error_kind=kind, error_message=message)
+
+    # -- for the background jobs (automation/) ------------------------------------------------
+
+    def pending_requests(self, limit: int = 100) -> list[ExpertProcessingProgress]:
+        return self._run("pending experts", lambda session: maintenance.pending_requests(session, limit))
+
+    def silent_runs(self, silent_since: datetime) -> list[ExpertProcessingProgress]:
+        return self._run("silent runs", lambda session: maintenance.silent_runs(session, silent_since))
+
+    def progress(self, expert_id: str) -> ExpertProcessingProgress | None:
+        return self._run("progress lookup", lambda session: ExpertProcessingProgressService(session).get_progress(expert_id))
+
+    def finish_if(
+        self, expert_id: str, status: Status, message: str,
+        owns: Callable[[ExpertProcessingProgress], bool], detail: str | None = None,
+    ) -> bool:
+        """The final state, only if `owns(record)` holds under the row lock (see the service)."""
+        return self._run(
+            "final state",
+            lambda session: ExpertProcessingProgressService(session).finish_if(expert_id, status, message, owns, detail),
+        )
+
+    def note(self, expert_id: str, message: str, data: dict[str, Any]) -> None:
+        self._run("history note", lambda session: ExpertProcessingProgressService(session).record_event(expert_id, message, data))
+
+    def record_pipeline_beat(self, details: dict[str, Any]) -> None:
+        self._run("pipeline heartbeat", lambda session: record_beat(session, details))
+
+    def expired_progress(self, completed_before: datetime, failed_before: datetime) -> list[str]:
+        return self._run("expired progress", lambda session: maintenance.expired_progress(session, completed_before, failed_before))
+
+    def delete_progress(self, expert_ids: Sequence[str]) -> int:
+        return self._run("progress deletion", lambda session: ExpertProcessingProgressService(session).delete_many(expert_ids))
+
+    def existing_experts(self, expert_ids: Iterable[str]) -> set[str]:
+        ids = list(expert_ids)
+        return self._run("expert lookup", lambda session: maintenance.existing_experts(session, ids))
+
+    def prune_outbox_and_cache(self, deliveries_before: datetime, cache_before: datetime) -> dict[str, int]:
+        return self._run(
+            "outbox and cache pruning",
+            lambda session: maintenance.prune_outbox_and_cache(session, deliveries_before, cache_before),
+        )
 
 
 def _execute(session: Session, statement: Any) -> None:

@@ -11,10 +11,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
-from dagster._core.errors import DagsterExecutionInterruptedError
 from pydantic import PrivateAttr
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -23,6 +22,9 @@ from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.db_retry import call_with_db_retry
 from expert_pipeline.core.models import Stage, Status
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService, RunNotWanted
+
+
+T = TypeVar("T")
 
 
 class IngestFailed(Exception):
@@ -61,16 +63,15 @@ class ExpertProgress:
         self._pending: dict[str, Any] | None = None
         self._last_write = 0.0
 
-    def _call(self, method: str, /, **kwargs: Any) -> Any:
-        if self.run_id is not None and method != "start_run":
-            kwargs["run_id"] = self.run_id
+    def _write(self, what: str, operation: Callable[[ExpertProcessingProgressService], T]) -> T:
+        """One write through the progress service, timed, riding out a database outage."""
 
-        def write() -> Any:
+        def write() -> T:
             with Session(self.engine, expire_on_commit=False) as session:
-                return getattr(ExpertProcessingProgressService(session), method)(**kwargs)
+                return operation(ExpertProcessingProgressService(session))
 
         started = time.perf_counter()
-        result = call_with_db_retry(write, on_recovered=self.database_recovered, what=f"progress write ({method})")
+        result = call_with_db_retry(write, on_recovered=self.database_recovered, what=f"progress write ({what})")
         self.seconds_writing += time.perf_counter() - started
         self.writes += 1
         if getattr(result, "status", None) == Status.CANCELLED:
@@ -79,16 +80,13 @@ class ExpertProgress:
 
     def database_recovered(self, seconds: float, attempts: int) -> None:
         """Put a database outage the run rode out into the expert's history."""
-        self._call(
-            "record_event", expert_id=self.expert_id,
-            message=f"The database was unreachable for {seconds:.1f} s; processing went on when it came back",
-            data={"kind": "database_outage", "seconds": round(seconds, 1), "attempts": attempts},
+        self.event(
+            f"The database was unreachable for {seconds:.1f} s; processing went on when it came back",
+            {"kind": "database_outage", "seconds": round(seconds, 1), "attempts": attempts},
         )
 
     def start_run(self, run_id: str, total_files: int, retry_of: str | None = None, why: str | None = None) -> None:
-        self._call(
-            "start_run", expert_id=self.expert_id, run_id=run_id, total_files=total_files, retry_of=retry_of, why=why
-        )
+        self._write("start", lambda s: s.start_run(self.expert_id, run_id, total_files, retry_of, why))
 
     def raise_if_cancelled(self) -> None:
         """Cancellation is cooperative: the run stops at its next batch boundary."""
@@ -112,11 +110,8 @@ class ExpertProgress:
         """Enter a stage: written at once (with any coalesced update folded in), with an event."""
         pending, self._pending = self._pending or {}, None
         pending.pop("progress_percentage", None)
-        self._call(
-            "update_progress", expert_id=self.expert_id,
-            **{**pending, **fields, "stage": stage.value, "progress_percentage": percentage,
-               "event_message": message},
-        )
+        values = {**pending, **fields, "stage": stage.value, "progress_percentage": percentage, "event_message": message}
+        self._write("stage", lambda s: s.update_progress(self.expert_id, run_id=self.run_id, **values))
         self._last_write = time.monotonic()
 
     def update(self, percentage: float, *, force: bool = False, **fields: Any) -> None:
@@ -134,24 +129,24 @@ class ExpertProgress:
         if self._pending is None:
             return
         pending, self._pending = self._pending, None
-        self._call("update_progress", expert_id=self.expert_id, **pending)
+        self._write("update", lambda s: s.update_progress(self.expert_id, run_id=self.run_id, **pending))
         self._last_write = time.monotonic()
 
     def event(self, message: str, data: Mapping[str, Any] | None = None) -> None:
         self.flush()
-        self._call("record_event", expert_id=self.expert_id, message=message, data=data)
+        self._write("event", lambda s: s.record_event(self.expert_id, message, data, run_id=self.run_id))
 
     def completed(self, metadata: Mapping[str, Any] | None = None) -> None:
         self._pending = None
-        self._call("mark_completed", expert_id=self.expert_id, metadata=metadata)
+        self._write("completed", lambda s: s.mark_completed(self.expert_id, metadata, run_id=self.run_id))
 
     def failed(self, message: str, detail: str | None = None) -> None:
         self._pending = None
-        self._call("mark_failed", expert_id=self.expert_id, error_message=message, detail=detail)
+        self._write("failed", lambda s: s.mark_failed(self.expert_id, message, run_id=self.run_id, detail=detail))
 
     def cancelled(self, reason: str) -> None:
         self._pending = None
-        self._call("mark_cancelled", expert_id=self.expert_id, reason=reason)
+        self._write("cancelled", lambda s: s.mark_cancelled(self.expert_id, reason, run_id=self.run_id))
 
     def _interrupted(self) -> None:
         """The run's process was told to stop: a cancel if someone asked Dagster to stop the run,
@@ -164,11 +159,10 @@ class ExpertProgress:
         if user_stop or self.run_id is None:
             self.cancelled("Cancelled: the run was stopped")
             return
-        self._call(
-            "requeue_interrupted", expert_id=self.expert_id,
-            message="Interrupted: the pipeline stopped during processing (shutdown or restart); "
-            "queued again, it resumes when the pipeline runs, reusing the embeddings already made",
-        )
+        message = ("Interrupted: the pipeline stopped during processing (shutdown or restart); "
+                   "queued again, it resumes when the pipeline runs, reusing the embeddings already made")
+        run_id = self.run_id
+        self._write("interrupted", lambda s: s.requeue_interrupted(self.expert_id, run_id, message))
 
     @contextmanager
     def guard(self, what: str) -> Iterator[ExpertProgress]:
@@ -188,7 +182,7 @@ class ExpertProgress:
             # The row already says cancelled (or finished); the run just stops.
             self._pending = None
             raise dg.Failure(description=str(exc)) from exc
-        except DagsterExecutionInterruptedError:
+        except dg.DagsterExecutionInterruptedError:
             self._interrupted()
             raise
         except IngestFailed as exc:
