@@ -73,6 +73,7 @@ def test_consecutive_chunks_overlap_by_about_the_requested_tokens(count_tokens: 
         chunk_pages(_pages(4), "a.pdf", count_tokens=count_tokens, max_tokens=128, overlap_tokens=32)
     )
 
+    assert len(chunks) >= 3, f"{len(chunks)} chunk(s): too few to check any overlap"
     for before, after in zip(chunks, chunks[1:]):
         shared = _shared_words(before, after)
         assert shared, (before.text[-80:], after.text[:80])

@@ -311,12 +311,6 @@ def test_a_worker_killed_from_outside_fails_that_file_alone(hostile: dict[str, P
 # --- accepted, then failed alone by the pipeline ---------------------------------------------
 
 
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 EXPECTED_FAILURES = {
     "empty.txt": ("empty", "file is empty"),
     "photo.pdf": ("corrupt", "not a valid PDF file"),

@@ -15,16 +15,7 @@ import pytest
 
 from expert_pipeline.resources.file_storage import FileMissing, FileTooLarge, StoredFile
 from expert_pipeline.resources.s3_file_storage import S3FileStorage
-from tests.s3_server import (  # noqa: F401 - fixtures
-    REGION,
-    FaultProxy,
-    aws_credentials,
-    moto_endpoint,
-    s3_bucket,
-    s3_client,
-    s3_proxy,
-    s3_storage,
-)
+from tests.s3_server import REGION, FaultProxy
 
 MiB = 1024 * 1024
 KEY = "experts/e1/f1/notes.txt"
