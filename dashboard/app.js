@@ -9,17 +9,10 @@ const BAR_LINGER_MS = 1200;
 const TOAST_MS = 10000;
 const MAX_BACKOFF_MS = 30000;
 
-// The same words as status_api/api/routes/chat.py uses in its "not ready yet" message.
-const STAGE_WORDS = {
-  file_processing: "Processing files",
-  text_extraction: "Extracting text",
-  embedding: "Generating embeddings",
-  pinecone_storage: "Storing vectors",
-  complete: "Complete",
-  failed: "Failed",
-};
-const STATUS_WORDS = { pending: "Queued", completed: "Complete", failed: "Failed", cancelled: "Cancelled" };
-const BADGE_WORDS = { pending: "Queued", in_progress: "Processing", completed: "Ready", failed: "Failed", cancelled: "Cancelled" };
+// Words for stages and statuses: the API's one table (GET /api/meta/labels, also used by chat and
+// the CLI), loaded at start. Until then, or if it cannot be had, the raw names are shown readably.
+const NO_LABELS = { stages: {}, statuses: {}, status_over_stage: ["pending", "cancelled"] };
+let labels = NO_LABELS;
 const FILE_WORDS = { pending: "Waiting", indexed: "Indexed", failed: "Failed" };
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -41,7 +34,18 @@ const state = {
 
 export function stageInWords(progress) {
   if (!progress) return "Not queued";
-  return STATUS_WORDS[progress.status] ?? STAGE_WORDS[progress.stage] ?? progress.stage;
+  if (labels.status_over_stage.includes(progress.status)) return statusInWords(progress.status);
+  return labels.stages[progress.stage] ?? readable(progress.stage);
+}
+
+export function statusInWords(status) {
+  return labels.statuses[status] ?? readable(status);
+}
+
+function readable(name) {
+  // "text_extraction" -> "Text extraction": only when the label table could not be loaded.
+  const words = String(name ?? "").replaceAll("_", " ");
+  return words.charAt(0).toUpperCase() + words.slice(1);
 }
 
 export function percentDone(progress) {
@@ -250,7 +254,7 @@ function renderCard(id, { live = false } = {}) {
 
   $(".card-name", card).textContent = expert.name;
   const badge = $(".badge", card);
-  badge.textContent = BADGE_WORDS[status] ?? status;
+  badge.textContent = statusInWords(status);
   badge.dataset.status = status;
   card.dataset.status = status;
 
@@ -771,10 +775,22 @@ function setUpChat() {
 
 // -- start -----------------------------------------------------------------------------------
 
+async function loadLabels() {
+  try {
+    // Public and token-free: asked for before sign-in, so it never triggers the sign-in form.
+    const response = await fetch("/api/meta/labels", { headers: { Accept: "application/json" } });
+    if (response.ok) labels = await response.json();
+  } catch {
+    // Unreachable for now: the readable raw names stand in; the rest of the page still works.
+  }
+}
+
 async function start() {
+  const labelsLoaded = loadLabels();
   setUpSignIn();
   setUpCreateForm();
   setUpChat();
+  await labelsLoaded; // before the first card is drawn, so no card shows the stand-in words
   await loadExperts();
   if ($("#sign-in")?.hidden !== false) connectStream();
 }

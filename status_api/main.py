@@ -24,6 +24,7 @@ from status_api.api.upload_limits import RequestSizeLimit
 from status_api.api.routes import experts, health, progress
 from status_api.api.routes import chat, stream
 from status_api.api.routes import stream_tickets
+from status_api.api.routes import meta
 from status_api.dashboard import install_dashboard
 from status_api.docs import install_docs
 from status_api.progress_broadcaster import ProgressBroadcaster
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(stream_tickets.router)
     app.include_router(chat.router)
+    app.include_router(meta.router)
     install_dashboard(app)
     install_docs(app)
     return app

@@ -7,50 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-StageName = Literal["file_processing", "text_extraction", "embedding", "pinecone_storage", "complete", "failed"]
-StatusName = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
-
-
-class ProgressRecord(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    expert_id: str
-    agent_id: str | None
-    stage: StageName
-    status: StatusName
-    current_file: str | None
-    current_file_index: int
-    total_files: int
-    current_batch: int
-    total_batches: int
-    current_chunk: int
-    total_chunks: int
-    processed_files: int
-    failed_files: int
-    progress_percentage: float
-    details: dict[str, Any]
-    error_message: str | None
-    started_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None
-    # Beside the specification's fields, which stay exactly as documented:
-    eta_seconds: float | None = Field(
-        default=None, description="Seconds left, from a smoothed chunk rate; null until it can be estimated"
-    )
-    chunks_per_second: float | None = Field(default=None, description="Smoothed embedding throughput")
-    heartbeat_at: datetime | None = Field(default=None, description="Last sign of life from the run")
-    stalled: bool = Field(
-        default=False,
-        description="Not moving for STALL_AFTER_SECONDS: a run with no sign of life, or a pending expert "
-        "that no pipeline worker has taken",
-    )
-    stalled_reason: str | None = Field(default=None, description="Why it is stalled, for people; null when not")
-    queue_position: int | None = Field(default=None, description="1 = next to start; only while pending")
-
-
-SPEC_PROGRESS_FIELDS = tuple(list(ProgressRecord.model_fields)[:20])
-EXTRA_PROGRESS_FIELDS = tuple(list(ProgressRecord.model_fields)[20:])
+from expert_pipeline.core.models import Stage, Status
+from expert_pipeline.core.progress_public import ProgressRecord  # one definition: API, stream, webhooks
 
 
 class ProgressResponse(BaseModel):
@@ -74,8 +32,8 @@ class ProgressEventOut(BaseModel):
     id: int
     expert_id: str
     created_at: datetime
-    stage: StageName
-    status: StatusName
+    stage: Stage
+    status: Status
     message: str
     data: dict[str, Any]
 
@@ -88,6 +46,16 @@ class ProgressEventsResponse(BaseModel):
 class ErrorResponse(BaseModel):
     success: Literal[False] = False
     error: str = Field(description="What went wrong, in words a person can act on")
+
+
+class LabelsResponse(BaseModel):
+    """The words people see for each stage and status (the dashboard, chat, the CLI share them)."""
+
+    stages: dict[Stage, str] = Field(description="Words for each stage")
+    statuses: dict[Status, str] = Field(description="Words for each status (the dashboard's badge)")
+    status_over_stage: list[Status] = Field(
+        description="Statuses whose words replace the stage's under a progress bar (waiting, stopped)"
+    )
 
 
 class PipelineHealth(BaseModel):
@@ -192,7 +160,7 @@ class Percentiles(BaseModel):
 class StatsResponse(BaseModel):
     success: Literal[True] = True
     since: datetime
-    counts_by_status: dict[StatusName, int]
+    counts_by_status: dict[Status, int]
     seconds_per_stage: dict[str, Percentiles]
     seconds_per_expert: Percentiles
     throughput_chunks_per_second: float | None = Field(description="Chunks of completed experts per second of their runs")

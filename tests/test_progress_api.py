@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from expert_pipeline.core.db import engine_for, make_engine
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
-from status_api.schemas import EXTRA_PROGRESS_FIELDS
+from expert_pipeline.core.progress_public import EXTRA_FIELDS
 from expert_pipeline.core.settings import Settings
 from tests.conftest import SHARED_DIR, LiveServer
 
@@ -50,7 +50,7 @@ def test_progress_matches_the_spec_example_exactly(http: httpx.Client, engine: E
     # Every key of the specification, in its order; then only the documented extras.
     spec_keys = list(SPEC_EXAMPLE["progress"])
     assert list(body["progress"])[: len(spec_keys)] == spec_keys
-    assert tuple(list(body["progress"])[len(spec_keys) :]) == EXTRA_PROGRESS_FIELDS
+    assert tuple(list(body["progress"])[len(spec_keys) :]) == EXTRA_FIELDS
     got = {k: v for k, v in body["progress"].items() if k in spec_keys}
     want = dict(SPEC_EXAMPLE["progress"])
     # The spec shows the run still going; only these differ by nature (ids and times).

@@ -24,12 +24,12 @@ from sqlalchemy.orm import Session
 
 from expert_pipeline.core.db import alembic_config, engine_for, migrate
 from expert_pipeline.core.models import Base, WebhookDelivery, utcnow
+from expert_pipeline.core.progress_public import SPEC_FIELDS, ProgressRecord
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings, get_settings
 from expert_pipeline.core.webhooks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
-    PROGRESS_FIELDS,
     SIGNATURE_HEADER,
     ReplayGuard,
     WebhookRejected,
@@ -241,23 +241,21 @@ def test_enqueue_is_part_of_the_callers_transaction(db: Session, engine: Engine,
     assert payload["event_id"] == row.event_id and payload["type"] == "expert.failed"
     assert payload["expert_id"] == "exp-1" and payload["created_at"].endswith("Z")
     progress = payload["progress"]
-    assert list(progress) == list(PROGRESS_FIELDS)
+    assert list(progress) == list(SPEC_FIELDS)
     assert progress["status"] == "failed" and progress["stage"] == "failed"
     assert progress["error_message"] == "disk full" and progress["agent_id"] == "agent-1"
     assert progress["completed_at"].endswith("Z") and progress["id"] == record.id
 
 
 def test_progress_fields_are_exactly_the_specifications() -> None:
-    from status_api.schemas import ProgressRecord
-
     spec = SHARED_DIR / "spec" / "expert-processing-progress.md"
     if not spec.exists():
         pytest.skip(f"specification not found at {spec}")
     blocks = re.findall(r"```json\n(.*?)```", spec.read_text(), flags=re.S)
     example = next(json.loads(b) for b in blocks if '"progress": {' in b)
-    assert list(PROGRESS_FIELDS) == list(example["progress"])
+    assert list(SPEC_FIELDS) == list(example["progress"])
     # The API may publish more beside them; the webhook carries the specification's fields.
-    assert list(ProgressRecord.model_fields)[: len(PROGRESS_FIELDS)] == list(PROGRESS_FIELDS)
+    assert list(ProgressRecord.model_fields)[: len(SPEC_FIELDS)] == list(SPEC_FIELDS)
 
 
 def test_enqueue_refuses_a_running_record(db: Session, settings: Settings) -> None:

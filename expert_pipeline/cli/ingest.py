@@ -23,24 +23,16 @@ from expert_pipeline.core.db import engine_for, migrate
 from expert_pipeline.core.db_retry import DEFAULT_PATIENCE_SECONDS
 from expert_pipeline.core.experts_service import Upload, UploadLimits, UploadRejected
 from expert_pipeline.core.models import ExpertProcessingProgress
+from expert_pipeline.core.progress_public import stage_label
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import get_settings
 from expert_pipeline.text.extraction import SUPPORTED_EXTENSIONS
-
-STAGE_WORDS = {
-    "file_processing": "Preparing files",
-    "text_extraction": "Extracting text",
-    "embedding": "Embedding",
-    "pinecone_storage": "Storing vectors",
-    "complete": "Complete",
-    "failed": "Failed",
-}
 
 
 def render_bar(record: ExpertProcessingProgress, width: int = 30) -> str:
     filled = int(width * record.progress_percentage / 100)
     parts = [f"[{'#' * filled}{'.' * (width - filled)}] {record.progress_percentage:5.1f}%",
-             STAGE_WORDS.get(record.stage, record.stage)]
+             stage_label(record.stage)]
     if record.total_files:
         parts.append(f"file {min(record.current_file_index + 1, record.total_files)}/{record.total_files}")
     if record.stage == "embedding" and record.total_batches:

@@ -33,6 +33,7 @@ from expert_pipeline.core.models import (
     Status,
     utcnow,
 )
+from expert_pipeline.core.progress_public import stage_label
 from expert_pipeline.core.webhooks import enqueue_finished
 
 # The key of an event's data that holds raw detail (exception text, storage keys): shown to
@@ -308,7 +309,7 @@ class ExpertProcessingProgressService:
         record.heartbeat_at = now
 
         if changes or event_message:
-            message = event_message or _stage_message(record.stage)
+            message = event_message or stage_label(record.stage)
             self._event(record, message, dict(event_data or {}), now)
         self.db.commit()
         return record
@@ -503,14 +504,3 @@ class ExpertProcessingProgressService:
         self.db.add(event)
         return event
 
-
-_STAGE_MESSAGES = {
-    Stage.FILE_PROCESSING: "Processing files",
-    Stage.TEXT_EXTRACTION: "Extracting text",
-    Stage.EMBEDDING: "Generating embeddings",
-    Stage.PINECONE_STORAGE: "Storing vectors",
-}
-
-
-def _stage_message(stage: str) -> str:
-    return _STAGE_MESSAGES.get(Stage(stage), str(stage))

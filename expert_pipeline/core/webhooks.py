@@ -48,7 +48,6 @@ slow receiver. The result is written back only if the row still carries that cla
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 import json
@@ -83,6 +82,7 @@ from expert_pipeline.core.models import (
     WebhookDeliveryStatus,
     utcnow,
 )
+from expert_pipeline.core.progress_public import present
 from expert_pipeline.core.settings import Settings, get_settings
 
 log = logging.getLogger("expert_pipeline.webhooks")
@@ -97,30 +97,6 @@ EVENT_TYPES: dict[str, str] = {
     Status.FAILED: "expert.failed",
     Status.CANCELLED: "expert.cancelled",
 }
-
-# Exactly the specification's progress fields, in its order (the status API's ProgressRecord).
-PROGRESS_FIELDS: tuple[str, ...] = (
-    "id",
-    "expert_id",
-    "agent_id",
-    "stage",
-    "status",
-    "current_file",
-    "current_file_index",
-    "total_files",
-    "current_batch",
-    "total_batches",
-    "current_chunk",
-    "total_chunks",
-    "processed_files",
-    "failed_files",
-    "progress_percentage",
-    "details",
-    "error_message",
-    "started_at",
-    "updated_at",
-    "completed_at",
-)
 
 MAX_BACKOFF_SECONDS = 3600.0
 DEFAULT_TOLERANCE_SECONDS = 300
@@ -141,21 +117,9 @@ def isoformat_utc(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return isoformat_utc(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def progress_payload(record: ExpertProcessingProgress) -> dict[str, Any]:
-    """The record as the specification's progress JSON (datetimes as ISO strings)."""
-    return {name: _plain(getattr(record, name)) for name in PROGRESS_FIELDS}
+def progress_payload(record: ExpertProcessingProgress, settings: Settings | None = None) -> dict[str, Any]:
+    """The record as the specification's progress JSON, presented as the API presents it."""
+    return present(record, settings or get_settings()).spec_json()
 
 
 def event_type_for(status: str) -> str:
@@ -168,14 +132,18 @@ def event_type_for(status: str) -> str:
 
 
 def build_event(
-    record: ExpertProcessingProgress, *, event_id: str | None = None, created_at: datetime | None = None
+    record: ExpertProcessingProgress,
+    *,
+    event_id: str | None = None,
+    created_at: datetime | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     return {
         "event_id": event_id or str(uuid.uuid4()),
         "type": event_type_for(record.status),
         "created_at": isoformat_utc(created_at or utcnow()),
         "expert_id": record.expert_id,
-        "progress": progress_payload(record),
+        "progress": progress_payload(record, settings),
     }
 
 
@@ -193,7 +161,7 @@ def enqueue_finished(
     if not settings.webhook_urls and not mail:
         return
     now = utcnow()
-    event = build_event(record, created_at=now)
+    event = build_event(record, created_at=now, settings=settings)
 
     def row(url: str, payload: dict[str, Any]) -> WebhookDelivery:
         return WebhookDelivery(

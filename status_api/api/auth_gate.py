@@ -11,8 +11,8 @@ EventSource cannot send an Authorization header and a token in a URL ends up in 
 Local mode (no token in the database: every caller is an operator) is only safe on this
 machine, so the app enforces it whatever address it is bound to: loopback peers only, a Host
 header of localhost / 127.0.0.1 / [::1] (any port; DNS rebinding), and no state-changing
-request from a foreign `Origin`. The rest of the app (dashboard files, docs, /healthz) is
-public in every mode and is not gated.
+request from a foreign `Origin`. The rest of the app (dashboard files, docs, /healthz, and
+`/api/meta/labels`) is public in every mode and is not gated.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from status_api.api.errors import error_response
 
 log = logging.getLogger(__name__)
 
+# Under /api but public in every mode: fixed words, fetched by the dashboard before sign-in.
+PUBLIC_API_PATHS = frozenset({"/api/meta/labels"})
 # The two live-stream routes, the only ones that take `?ticket=`.
 STREAM_PATH = re.compile(r"^/api/experts/(?:[^/]+/)?progress/stream$")
 LOOPBACK_HOST_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
@@ -131,7 +133,7 @@ class AuthGate:
         self.engine = engine
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_api_path(scope["path"]):
+        if scope["type"] != "http" or not is_api_path(scope["path"]) or scope["path"] in PUBLIC_API_PATHS:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

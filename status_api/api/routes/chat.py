@@ -18,36 +18,14 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 
 from expert_pipeline.chat import extractive
 from expert_pipeline.core import experts_service
-from expert_pipeline.core.models import ExpertProcessingProgress, Stage, Status
+from expert_pipeline.core.models import ExpertProcessingProgress, Status
+from expert_pipeline.core.progress_public import progress_in_words
 from status_api.api.deps import CurrentPrincipal, ExpertId, ProgressServiceDep, SessionDep, _part, get_principal
 from status_api.schemas import ChatRequest, ChatResponse, ChatSource, ErrorResponse
 
 router = APIRouter(prefix="/api/experts", tags=["chat"], dependencies=[Depends(get_principal)])
 
 TOP_K = 4
-
-STAGE_WORDS = {
-    Stage.FILE_PROCESSING: "Processing files",
-    Stage.TEXT_EXTRACTION: "Extracting text",
-    Stage.EMBEDDING: "Generating embeddings",
-    Stage.PINECONE_STORAGE: "Storing vectors",
-    Stage.COMPLETE: "Complete",
-    Stage.FAILED: "Failed",
-}
-STATUS_WORDS = {
-    Status.PENDING: "Queued",
-    Status.COMPLETED: "Complete",
-    Status.FAILED: "Failed",
-    Status.CANCELLED: "Cancelled",
-}
-
-
-def stage_in_words(status: str, stage: str) -> str:
-    """The words the dashboard shows for a record's stage (dashboard/app.js has the same)."""
-    if status in STATUS_WORDS:
-        return STATUS_WORDS[Status(status)]
-    return STAGE_WORDS.get(Stage(stage), stage.replace("_", " ").capitalize())
-
 
 def percent_done(value: float) -> str:
     # Rounded down: a run at 99.6 % is not "100 % done".
@@ -57,7 +35,7 @@ def percent_done(value: float) -> str:
 def not_ready_message(name: str, record: ExpertProcessingProgress | None) -> str:
     if record is None:
         return f"{name} is not ready yet: not queued for processing, 0% done"
-    words = stage_in_words(record.status, record.stage)
+    words = progress_in_words(record.status, record.stage)
     message = f"{name} is not ready yet: {words.lower()}, {percent_done(record.progress_percentage)}% done"
     if record.status in (Status.FAILED, Status.CANCELLED) and record.error_message:
         message += f" ({record.error_message})"

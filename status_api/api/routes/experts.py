@@ -35,7 +35,7 @@ from status_api.schemas import (
     ProgressResponse,
     SuccessResponse,
 )
-from status_api.progress_view import present_many
+from status_api.progress_view import present_one
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/experts", tags=["experts"], dependencies=[Depends(get_principal)])
@@ -65,7 +65,7 @@ def _with_progress(
     expert: Expert, files: list[ExpertFile], record: ExpertProcessingProgress | None, settings: Settings,
     service: ExpertProcessingProgressService,
 ) -> ExpertWithProgress:
-    progress = present_many([record], settings, service)[0] if record else None
+    progress = present_one(record, settings, service) if record else None
     ready = experts_service.ready_to_chat(record, files)
     return ExpertWithProgress.model_validate(
         {**_columns(expert), "files": files, "progress": progress, "ready": ready}
@@ -98,7 +98,7 @@ def create_expert(
         raise HTTPException(status_code=exc.status_code, detail=str(exc)) from exc
     stored = experts_service.files_of(db, [expert.id])[expert.id]
     return ExpertCreatedResponse(
-        expert=_expert_out(expert, stored), progress=present_many([progress], settings, service)[0]
+        expert=_expert_out(expert, stored), progress=present_one(progress, settings, service)
     )
 
 
@@ -145,7 +145,7 @@ def cancel_expert(
     if record.status not in ACTIVE_STATUSES:
         raise HTTPException(status_code=409, detail=f"Expert '{expert_id}' is already {record.status}")
     record = service.mark_cancelled(expert_id, "Cancelled by user")
-    return ProgressResponse(progress=present_many([record], settings, service)[0])
+    return ProgressResponse(progress=present_one(record, settings, service))
 
 
 def _requeue(db: SessionDep, service: ExpertProcessingProgressService, expert: Expert) -> ExpertProcessingProgress:
@@ -164,7 +164,7 @@ def retry_expert(
     """Queue the expert again: failed and unfinished files are processed; indexed files are kept,
     and chunks embedded before are taken from the embedding cache, not paid for again."""
     record = _requeue(db, service, _require_expert(db, expert_id, principal))
-    return ProgressResponse(progress=present_many([record], settings, service)[0])
+    return ProgressResponse(progress=present_one(record, settings, service))
 
 
 @router.post("/{expert_id}/files", status_code=status.HTTP_202_ACCEPTED, response_model=ExpertCreatedResponse,
@@ -190,7 +190,7 @@ def add_files(
         raise HTTPException(status_code=exc.status_code, detail=str(exc)) from exc
     record = _requeue(db, service, expert)
     stored = experts_service.files_of(db, [expert_id])[expert_id]
-    return ExpertCreatedResponse(expert=_expert_out(expert, stored), progress=present_many([record], settings, service)[0])
+    return ExpertCreatedResponse(expert=_expert_out(expert, stored), progress=present_one(record, settings, service))
 
 
 @router.delete("/{expert_id}", response_model=SuccessResponse, responses=NOT_FOUND)

@@ -25,7 +25,7 @@ from status_api.api.deps import (
     require_visible,
     resolve_principal,
 )
-from status_api.progress_view import present_many
+from status_api.progress_view import present_many, present_one
 from status_api.schemas import (
     ActiveProgressResponse,
     ErrorResponse,
@@ -98,7 +98,7 @@ async def _caller_progress(request: Request) -> ProgressResponse | None:
             record = service.get_progress(expert_id)
             if record is None:
                 return None
-            return ProgressResponse(progress=present_many([record], settings, service)[0])
+            return ProgressResponse(progress=present_one(record, settings, service))
 
     return await run_in_threadpool(read)
 

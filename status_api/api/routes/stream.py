@@ -40,7 +40,7 @@ from status_api.progress_broadcaster import (
     encode_record,
     get_broadcaster,
 )
-from status_api.progress_view import present_many
+from status_api.progress_view import present_one
 from status_api.schemas import ProgressRecord
 
 # The gate authenticates (Bearer header or `?ticket=`); the dependency picks up its answer.
@@ -172,7 +172,7 @@ def _read_record(request: Request, expert_id: str, principal: Principal) -> Prog
         record = service.get_progress(expert_id)
         if record is None:
             return None
-        return present_many([record], request.app.state.settings, service)[0]
+        return present_one(record, request.app.state.settings, service)
 
 
 @router.get(
