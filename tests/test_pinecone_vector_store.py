@@ -1,4 +1,7 @@
-"""PineconeVectorStore through the real pinecone SDK over real HTTP, against the local stand-in.
+"""PineconeVectorStore through the real pinecone SDK over real HTTP, against the local stand-in:
+what is sent (headers, request sizes and splits, deletes), retries, limits and configuration.
+The behaviour every store shares (counts, queries, namespaces, deletes) is in
+test_vector_store_contract.py, run on LanceDB and Pinecone alike.
 
 The last test runs against a real Pinecone index, and only when PINECONE_API_KEY and
 PINECONE_INDEX_HOST are set.
@@ -9,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -25,16 +27,10 @@ from expert_pipeline.resources.pinecone_vector_store import (
     PineconeVectorStore,
     plan_upsert_batches,
 )
-from expert_pipeline.resources.vector_store import VectorRecord, VectorStore, vector_id
+from expert_pipeline.resources.vector_store import VectorRecord, vector_id
+from tests.pinecone_standin import API_KEY, DIMENSION, MAX_REQUEST_BYTES, PineconeStandin
 from tests.vector_records import record, unit
-from tests.pinecone_standin import (  # noqa: F401 - fixtures
-    API_KEY,
-    DIMENSION,
-    MAX_REQUEST_BYTES,
-    PineconeStandin,
-    pinecone_standin,
-    pinecone_store,
-)
+from tests.waiting import wait_for
 
 UPSERT, QUERY, STATS, DELETE = "/vectors/upsert", "/query", "/describe_index_stats", "/vectors/delete"
 
@@ -60,14 +56,13 @@ def make_store(pinecone_standin: PineconeStandin) -> Iterator[Callable[..., Pine
 # ---- basic reads and writes ---------------------------------------------------------------------
 
 
-def test_upsert_then_count_with_the_sdk_headers(
+def test_upsert_and_count_send_the_sdk_headers(
     pinecone_standin: PineconeStandin, pinecone_store: PineconeVectorStore
 ) -> None:
-    store: VectorStore = pinecone_store  # satisfies the pipeline's protocol
     assert pinecone_standin.requests == []  # the client is created lazily: nothing sent yet
-    assert store.upsert("e1", [record("e1", "f1", i, unit(1, i)) for i in range(5)]) == 5
-    assert store.count("e1") == 5
-    assert store.count("nobody") == 0
+    assert pinecone_store.upsert("e1", [record("e1", "f1", i, unit(1, i)) for i in range(5)]) == 5
+    assert pinecone_store.count("e1") == 5
+    assert pinecone_store.count("nobody") == 0
 
     (upsert,) = pinecone_standin.requests_to(UPSERT)
     assert upsert.vector_count == 5 and upsert.namespace == "e1"
@@ -79,63 +74,40 @@ def test_upsert_then_count_with_the_sdk_headers(
     assert pinecone_store.index is pinecone_store.index  # one cached SDK client
 
 
-def test_reupserting_the_same_ids_replaces_instead_of_duplicating(
-    pinecone_store: PineconeVectorStore,
-) -> None:
-    pinecone_store.upsert("e1", [record("e1", "f1", i, unit(1, 0, i)) for i in range(3)])
-    updated = [record("e1", "f1", i, unit(0, 1, i), text=f"new {i}") for i in range(3)]
-    assert pinecone_store.upsert("e1", updated) == 3
-    assert pinecone_store.count("e1") == 3
-    (best,) = pinecone_store.query("e1", unit(0, 1, 0), top_k=1)
-    assert best.id == vector_id("e1", "f1", 0)
-    assert best.score == pytest.approx(1.0, abs=1e-5)
-    assert best.metadata["text"] == "new 0"
-
-
-def test_duplicate_ids_in_one_call_keep_the_last(
+def test_duplicate_ids_in_one_call_are_sent_once(
     pinecone_standin: PineconeStandin, pinecone_store: PineconeVectorStore
 ) -> None:
     first = record("e1", "f1", 0, unit(1), text="first")
     last = record("e1", "f1", 0, unit(0, 1), text="last")
     assert pinecone_store.upsert("e1", [first, last]) == 1
-    assert pinecone_standin.requests_to(UPSERT)[0].ids == [first.id]
-    assert pinecone_store.query("e1", unit(0, 1))[0].metadata["text"] == "last"
+    (upsert,) = pinecone_standin.requests_to(UPSERT)
+    assert upsert.ids == [first.id] and upsert.body["vectors"][0]["metadata"]["text"] == "last"
 
 
-def test_query_returns_the_nearest_first_with_its_metadata(
+def test_a_query_asks_for_metadata_not_values_and_gets_integers_back(
     pinecone_standin: PineconeStandin, pinecone_store: PineconeVectorStore
 ) -> None:
-    pinecone_store.upsert("e1", [
-        record("e1", "f1", 0, unit(1, 0, 0)),
-        record("e1", "f1", 1, unit(0, 1, 0)),
-        record("e1", "f2", 0, unit(0, 0, 1)),
-    ])
-    query = unit(0.1, 1, 0.2)
-    matches = pinecone_store.query("e1", query, top_k=2)
-    assert [m.id for m in matches] == [vector_id("e1", "f1", 1), vector_id("e1", "f2", 0)]
-    assert matches[0].score == pytest.approx(sum(a * b for a, b in zip(query, unit(0, 1, 0))), abs=1e-5)
-    assert matches[0].score > matches[1].score
-    assert matches[0].metadata == {
-        "expert_id": "e1", "file_id": "f1", "filename": "f1.pdf", "page": 2, "chunk_index": 1,
-        "text": "chunk 1 of f1",
-    }
-    # Pinecone returns numbers as floats (the stand-in sends 2.0); the store gives ints back.
-    assert type(matches[0].metadata["page"]) is int and type(matches[0].metadata["chunk_index"]) is int
+    pinecone_store.upsert("e1", [record("e1", "f1", 1, unit(0, 1, 0))])
+    (match,) = pinecone_store.query("e1", unit(0.1, 1, 0.2), top_k=2)
     (sent,) = pinecone_standin.requests_to(QUERY)
     assert sent.body["topK"] == 2 and sent.body["includeMetadata"] is True
     assert sent.body["includeValues"] is False and sent.body["namespace"] == "e1"
-    assert pinecone_store.query("nobody", query) == []
+    # Pinecone keeps every metadata number as a float (the stand-in sends 2.0); the store gives
+    # ints back for the fields that are ints.
+    assert pinecone_standin.namespaces["e1"][match.id].metadata["page"] == 2.0
+    assert type(match.metadata["page"]) is int and type(match.metadata["chunk_index"]) is int
 
 
-def test_namespaces_are_isolated(pinecone_store: PineconeVectorStore) -> None:
-    pinecone_store.upsert("alice", [record("alice", "f", i, unit(1, i)) for i in range(2)])
-    pinecone_store.upsert("bob", [record("bob", "f", i, unit(1, i)) for i in range(3)])
-    assert (pinecone_store.count("alice"), pinecone_store.count("bob")) == (2, 3)
-    assert {m.metadata["expert_id"] for m in pinecone_store.query("alice", unit(1), top_k=10)} == {"alice"}
-    pinecone_store.delete_namespace("alice")
-    assert pinecone_store.count("alice") == 0
-    assert pinecone_store.count("bob") == 3
-    assert pinecone_store.query("alice", unit(1)) == []
+def test_list_namespaces_follows_pinecones_pagination(
+    pinecone_standin: PineconeStandin, pinecone_store: PineconeVectorStore
+) -> None:
+    names = [f"expert-{n}" for n in range(5)]
+    for name in names:
+        pinecone_store.upsert(name, [record(name, "f", 0, unit(1))])
+    pinecone_standin.namespace_page_size = 2
+    pinecone_standin.clear_requests()
+    assert pinecone_store.list_namespaces() == names
+    assert len(pinecone_standin.requests_to("/namespaces")) == 3  # pages of 2, 2 and 1
 
 
 # ---- request sizes ------------------------------------------------------------------------------
@@ -239,23 +211,22 @@ def test_metadata_too_large_without_its_text_is_refused(
 # ---- deletes ------------------------------------------------------------------------------------
 
 
-def test_delete_ids(pinecone_standin: PineconeStandin, pinecone_store: PineconeVectorStore) -> None:
+def test_delete_ids_sends_the_ids_and_takes_404_as_nothing_to_delete(
+    pinecone_standin: PineconeStandin, pinecone_store: PineconeVectorStore
+) -> None:
     odd_id = "it's a \"quoted\" id"
     pinecone_store.upsert("e1", [record("e1", "f1", i, unit(1, i)) for i in range(4)])
     pinecone_store.upsert("e1", [VectorRecord(id=odd_id, values=unit(0, 0, 1), metadata={"text": "odd"})])
-    pinecone_store.delete_ids("e1", [vector_id("e1", "f1", 0), vector_id("e1", "f1", 2), odd_id, "never-stored"])
-    assert pinecone_store.count("e1") == 2
-    assert {m.id for m in pinecone_store.query("e1", unit(1), top_k=10)} == {
-        vector_id("e1", "f1", 1), vector_id("e1", "f1", 3)
-    }
+    pinecone_store.delete_ids("e1", [vector_id("e1", "f1", 0), odd_id, "never-stored"])
     (delete,) = pinecone_standin.requests_to(DELETE)
     assert delete.body["namespace"] == "e1" and "deleteAll" not in delete.body
+    assert delete.ids == [vector_id("e1", "f1", 0), odd_id, "never-stored"]  # sent as they are
 
     pinecone_standin.clear_requests()
     pinecone_store.delete_ids("e1", [])
     pinecone_store.delete_ids("nobody", ["x"])  # the stand-in answers 404: nothing to delete
     assert [r.status for r in pinecone_standin.requests] == [404]
-    assert pinecone_store.count("e1") == 2
+    assert pinecone_store.count("e1") == 3
 
 
 def test_delete_ids_sends_at_most_1000_ids_per_request(
@@ -266,9 +237,8 @@ def test_delete_ids_sends_at_most_1000_ids_per_request(
     keep = {r.id for r in records[2500:]}
     pinecone_store.delete_ids("e1", [r.id for r in records[:2500]] + [records[0].id])  # one repeated
     deletes = pinecone_standin.requests_to(DELETE)
-    assert [len(r.ids) for r in deletes] == [1000, 1000, 500]
-    assert pinecone_store.count("e1") == 100
-    assert {m.id for m in pinecone_store.query("e1", unit(1), top_k=200)} == keep
+    assert [len(r.ids) for r in deletes] == [1000, 1000, 500]  # the repeated id once
+    assert {vid for r in deletes for vid in r.ids} == {r.id for r in records} - keep
 
 
 def test_delete_namespace_and_of_a_missing_namespace(
@@ -276,7 +246,6 @@ def test_delete_namespace_and_of_a_missing_namespace(
 ) -> None:
     pinecone_store.upsert("e1", [record("e1", "f1", i, unit(1, i)) for i in range(3)])
     pinecone_store.delete_namespace("e1")
-    assert pinecone_store.count("e1") == 0
     pinecone_store.delete_namespace("e1")  # gone already: Pinecone's 404 is success here
     pinecone_store.delete_namespace("never-existed")
     deletes = pinecone_standin.requests_to(DELETE, status=None)
@@ -290,28 +259,39 @@ def test_delete_namespace_and_of_a_missing_namespace(
 # ---- errors, retries and configuration ----------------------------------------------------------
 
 
+@pytest.fixture
+def sdk_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits the SDK chooses between retries, recorded instead of slept: its transport's
+    sleep is a seam for tests (pinecone._internal.http_client._retry_sleep)."""
+    from pinecone._internal import http_client
+
+    waits: list[float] = []
+    monkeypatch.setattr(http_client, "_retry_sleep", waits.append)
+    return waits
+
+
 def test_a_transient_429_is_retried_by_the_sdk_honouring_retry_after(
-    pinecone_standin: PineconeStandin, pinecone_store: PineconeVectorStore
+    pinecone_standin: PineconeStandin, pinecone_store: PineconeVectorStore, sdk_waits: list[float]
 ) -> None:
     pinecone_standin.fail_next(2, 429, retry_after=0.05)
-    started = time.monotonic()
     assert pinecone_store.upsert("e1", [record("e1", "f1", i, unit(1, i)) for i in range(3)]) == 3
-    assert time.monotonic() - started < 2
     assert [r.status for r in pinecone_standin.requests_to(UPSERT, status=None)] == [429, 429, 200]
+    # The server's Retry-After (plus the SDK's smear of up to half of it), not its own backoff,
+    # whose floor is 0.25 s.
+    assert len(sdk_waits) == 2 and all(0.05 <= wait <= 0.075 for wait in sdk_waits), sdk_waits
     assert pinecone_store.count("e1") == 3
 
 
 def test_a_transient_500_is_retried_with_backoff(
-    pinecone_standin: PineconeStandin, pinecone_store: PineconeVectorStore
+    pinecone_standin: PineconeStandin, pinecone_store: PineconeVectorStore, sdk_waits: list[float]
 ) -> None:
     pinecone_store.upsert("e1", [record("e1", "f1", 0, unit(1))])
     pinecone_standin.fail_next(1, 500)
-    started = time.monotonic()
     (match,) = pinecone_store.query("e1", unit(1), top_k=1)
-    elapsed = time.monotonic() - started
     assert match.id == vector_id("e1", "f1", 0)
     assert [r.status for r in pinecone_standin.requests_to(QUERY, status=None)] == [500, 200]
-    assert 0.2 <= elapsed < 3  # the SDK's first backoff is 0.25-0.75 s
+    # No Retry-After: one wait of the SDK's own backoff (0.25-0.75 s for a first retry).
+    assert len(sdk_waits) == 1 and 0.25 <= sdk_waits[0] <= 0.75, sdk_waits
 
 
 def test_a_failure_that_outlasts_the_retries_raises(
@@ -415,23 +395,18 @@ def test_against_a_real_pinecone_index() -> None:
     namespace = f"expert-pipeline-test-{uuid.uuid4().hex[:12]}"
     dim = store.index.describe_index_stats().dimension or 8
 
-    def wait_for(predicate, what: str, seconds: float = 90) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + seconds
-        while not predicate():
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {what} (Pinecone is eventually consistent)")
-            time.sleep(2)
-
     try:
         records = [record("e1", "f", i, unit(*([0.0] * i), 1.0, dim=dim)) for i in range(3)]
         assert store.upsert(namespace, records) == 3
-        wait_for(lambda: store.count(namespace) == 3, "3 records to be counted")
-        wait_for(lambda: bool(store.query(namespace, records[1].values, top_k=1)), "a query match")
+        # Pinecone is eventually consistent: writes show after a while.
+        wait_for("3 records to be counted", lambda: store.count(namespace) == 3, timeout=90, interval=2)
+        wait_for("a query match", lambda: bool(store.query(namespace, records[1].values, top_k=1)),
+                 timeout=90, interval=2)
         best = store.query(namespace, records[1].values, top_k=3)[0]
         assert best.id == records[1].id and best.score == pytest.approx(1.0, abs=1e-3)
         assert best.metadata["chunk_index"] == 1 and best.metadata["text"] == "chunk 1 of f"
         store.delete_ids(namespace, [records[0].id])
-        wait_for(lambda: store.count(namespace) == 2, "the delete to be counted")
+        wait_for("the delete to be counted", lambda: store.count(namespace) == 2, timeout=90, interval=2)
     finally:
         store.delete_namespace(namespace)
         store.delete_namespace(namespace)  # a second delete (nothing left) must not raise either
