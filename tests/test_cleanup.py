@@ -25,8 +25,7 @@ from expert_pipeline.partitions import experts
 from expert_pipeline.resources.vector_store import VectorRecord
 from expert_pipeline.ingest.work_area import ExpertWorkArea
 from tests.pinecone_standin import API_KEY as PINECONE_KEY
-from tests.pinecone_standin import PineconeStandin, pinecone_standin  # noqa: F401 - fixture
-from tests.s3_server import aws_credentials, moto_endpoint, s3_bucket, s3_client  # noqa: F401 - fixtures
+from tests.pinecone_standin import PineconeStandin
 
 
 def _finished(service: ExpertProcessingProgressService, session: Session, expert_id: str, status: str, days_ago: float) -> None:
@@ -43,7 +42,9 @@ def _finished(service: ExpertProcessingProgressService, session: Session, expert
     session.commit()
 
 
-def test_cleanup_removes_expired_records_and_deleted_experts(settings: Settings, tmp_path: Path) -> None:
+def test_cleanup_removes_expired_records_and_deleted_experts(
+    settings: Settings, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
     settings = settings.model_copy(update={"completed_retention_days": 30, "failed_retention_days": 90})
     engine = engine_for(settings.resolved_database_url)
     with Session(engine) as session:
@@ -63,14 +64,11 @@ def test_cleanup_removes_expired_records_and_deleted_experts(settings: Settings,
     work = ExpertWorkArea(settings.work_dir, "gone")
     work.dir.mkdir(parents=True)
 
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(experts.name, ["gone"])
-        job = build_definitions(settings).resolve_job_def("cleanup_job")
-        result = job.execute_in_process(instance=instance)
-        assert result.success
-        assert result.output_for_node("remove_expired_progress") == 2
-        assert result.output_for_node("remove_deleted_experts") == 1
-        assert instance.get_dynamic_partitions(experts.name) == []
+    instance.add_dynamic_partitions(experts.name, ["gone"])
+    result = _run_cleanup(settings, instance)
+    assert result.output_for_node("remove_expired_progress") == 2
+    assert result.output_for_node("remove_deleted_experts") == 1
+    assert instance.get_dynamic_partitions(experts.name) == []
 
     with Session(engine) as session:
         service = ExpertProcessingProgressService(session)
@@ -81,7 +79,9 @@ def test_cleanup_removes_expired_records_and_deleted_experts(settings: Settings,
     assert not leftover.exists() and not work.dir.exists()
 
 
-def test_cleanup_prunes_finished_webhook_deliveries_and_old_cached_embeddings(settings: Settings) -> None:
+def test_cleanup_prunes_finished_webhook_deliveries_and_old_cached_embeddings(
+    settings: Settings, instance: dg.DagsterInstance
+) -> None:
     from expert_pipeline.core.models import EmbeddingCacheEntry, WebhookDelivery
 
     settings = settings.model_copy(update={"completed_retention_days": 30, "embedding_cache_retention_days": 180})
@@ -103,10 +103,8 @@ def test_cleanup_prunes_finished_webhook_deliveries_and_old_cached_embeddings(se
         ])
         session.commit()
 
-    with dg.instance_for_test() as instance:
-        result = build_definitions(settings).resolve_job_def("cleanup_job").execute_in_process(instance=instance)
-        assert result.success
-        assert result.output_for_node("prune_outbox_and_cache") == {"webhook_deliveries": 2, "embedding_cache_entries": 1}
+    result = _run_cleanup(settings, instance)
+    assert result.output_for_node("prune_outbox_and_cache") == {"webhook_deliveries": 2, "embedding_cache_entries": 1}
 
     with Session(engine) as session:
         left = set(session.scalars(select(WebhookDelivery.event_id)))
@@ -124,12 +122,13 @@ def _orphan_counts(result: dg.ExecuteInProcessResult) -> tuple[dict[str, int], d
     return result.output_for_node("remove_orphaned_data"), metadata
 
 
-def _run_cleanup(settings: Settings, grace_seconds: float | None = None) -> dg.ExecuteInProcessResult:
+def _run_cleanup(
+    settings: Settings, instance: dg.DagsterInstance, grace_seconds: float | None = None
+) -> dg.ExecuteInProcessResult:
     config = {} if grace_seconds is None else {"ops": {"remove_orphaned_data": {"config": {"grace_seconds": grace_seconds}}}}
-    with dg.instance_for_test() as instance:
-        result = build_definitions(settings).resolve_job_def("cleanup_job").execute_in_process(
-            instance=instance, run_config=config
-        )
+    result = build_definitions(settings).resolve_job_def("cleanup_job").execute_in_process(
+        instance=instance, run_config=config
+    )
     assert result.success
     return result
 
@@ -150,7 +149,9 @@ def _backdate(path: Path, hours: float) -> None:
         os.utime(entry, (old, old))
 
 
-def test_cleanup_removes_local_files_and_lancedb_tables_no_expert_owns(settings: Settings) -> None:
+def test_cleanup_removes_local_files_and_lancedb_tables_no_expert_owns(
+    settings: Settings, instance: dg.DagsterInstance
+) -> None:
     owned, old_orphan, fresh_orphan, vector_orphan = (str(uuid.uuid4()) for _ in range(4))
     _add_expert(settings, owned)
     store = build_vector_store(settings)
@@ -172,13 +173,13 @@ def test_cleanup_removes_local_files_and_lancedb_tables_no_expert_owns(settings:
 
     # Default grace (1 h): the old orphan's files go; the fresh ones may be an upload in flight,
     # and the orphaned table was written seconds ago.
-    first, metadata = _orphan_counts(_run_cleanup(settings))
+    first, metadata = _orphan_counts(_run_cleanup(settings, instance))
     assert first == metadata == {"file_folders_removed": 1, "files_removed": 1, "vector_namespaces_removed": 0,
                                  "kept_within_grace": 2, "errors": 0}
     assert not old_dir.exists() and fresh_dir.exists() and owned_dir.exists() and not_ours.exists()
     assert store.count(vector_orphan) == 1
 
-    second, _ = _orphan_counts(_run_cleanup(settings, grace_seconds=0))
+    second, _ = _orphan_counts(_run_cleanup(settings, instance, grace_seconds=0))
     assert second == {"file_folders_removed": 1, "files_removed": 1, "vector_namespaces_removed": 1,
                       "kept_within_grace": 0, "errors": 0}
     assert not fresh_dir.exists() and owned_dir.exists() and not_ours.exists()
@@ -187,8 +188,8 @@ def test_cleanup_removes_local_files_and_lancedb_tables_no_expert_owns(settings:
 
 
 def test_cleanup_removes_s3_objects_and_pinecone_namespaces_no_expert_owns(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, s3_bucket: str,  # noqa: F811
-    s3_client: Any, pinecone_standin: PineconeStandin,  # noqa: F811
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, s3_bucket: str,
+    s3_client: Any, pinecone_standin: PineconeStandin, instance: dg.DagsterInstance,
 ) -> None:
     monkeypatch.setenv("PINECONE_API_KEY", PINECONE_KEY)  # the code location passes it as an EnvVar
     settings = settings.model_copy(update={
@@ -211,13 +212,13 @@ def test_cleanup_removes_s3_objects_and_pinecone_namespaces_no_expert_owns(
 
     # Pinecone keeps no write time: vectors exist only after their row committed, so an orphaned
     # namespace goes at once; the S3 orphan was written just now, so it may be an upload in flight.
-    first, metadata = _orphan_counts(_run_cleanup(settings))
+    first, metadata = _orphan_counts(_run_cleanup(settings, instance))
     assert first == metadata == {"file_folders_removed": 0, "files_removed": 0, "vector_namespaces_removed": 1,
                                  "kept_within_grace": 1, "errors": 0}
     assert sorted(pinecone_standin.namespaces) == sorted([owned, "another-app"])
     assert len(pinecone_standin.requests_to("/namespaces")) == 2  # two pages
 
-    second, _ = _orphan_counts(_run_cleanup(settings, grace_seconds=0))
+    second, _ = _orphan_counts(_run_cleanup(settings, instance, grace_seconds=0))
     assert second == {"file_folders_removed": 1, "files_removed": 3, "vector_namespaces_removed": 0,
                       "kept_within_grace": 0, "errors": 0}
     keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", []))
@@ -227,7 +228,9 @@ def test_cleanup_removes_s3_objects_and_pinecone_namespaces_no_expert_owns(
     assert pinecone_standin.stored_count(owned) == 1
 
 
-def test_an_orphan_whose_row_commits_during_the_cleanup_is_kept(settings: Settings) -> None:
+def test_an_orphan_whose_row_commits_during_the_cleanup_is_kept(
+    settings: Settings, instance: dg.DagsterInstance
+) -> None:
     # An upload whose row committed after the listing (so the first read missed it) keeps its files.
     late = str(uuid.uuid4())
     folder = settings.files_dir / "experts" / late / "f1"
@@ -235,21 +238,22 @@ def test_an_orphan_whose_row_commits_during_the_cleanup_is_kept(settings: Settin
     (folder / "a.txt").write_text("x")
     _backdate(folder.parent, 2)
 
-    from expert_pipeline.automation import cleanup
+    from expert_pipeline.resources.expert_catalog import ExpertCatalog
 
-    real = cleanup._with_rows
+    real = ExpertCatalog.existing_experts
     calls: list[set[str]] = []
 
-    def row_commits_after_the_first_read(catalog: Any, expert_ids: set[str]) -> set[str]:
-        calls.append(set(expert_ids))
-        if len(calls) == 1:
-            found = real(catalog, expert_ids)
-            _add_expert(settings, late)
-            return found
-        return real(catalog, expert_ids)
+    def row_commits_after_the_first_read(catalog: Any, expert_ids: Any) -> set[str]:
+        expert_ids = set(expert_ids)
+        found = real(catalog, expert_ids)
+        if late in expert_ids:  # the orphan cleanup's reads, not the deleted-experts sweep's
+            calls.append(expert_ids)
+            if len(calls) == 1:
+                _add_expert(settings, late)
+        return found
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cleanup, "_with_rows", row_commits_after_the_first_read)
-        counts, _ = _orphan_counts(_run_cleanup(settings))
+        patch.setattr(ExpertCatalog, "existing_experts", row_commits_after_the_first_read)
+        counts, _ = _orphan_counts(_run_cleanup(settings, instance))
     assert counts["file_folders_removed"] == 0 and folder.exists()
     assert calls == [{late}, {late}]
