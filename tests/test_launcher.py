@@ -27,8 +27,7 @@ from expert_pipeline.cli.up import REPO_ROOT, instance_config
 from tests.conftest import POSTGRES_ADMIN_URL, free_port, skip_or_fail
 from tests.fixture_documents import make_pdf, sample_paragraphs
 from tests.openai_standin import API_KEY as OPENAI_KEY
-from tests.openai_standin import OpenAIStandin, openai_standin  # noqa: F401 - fixture
-from tests.s3_server import aws_credentials, moto_endpoint, s3_bucket, s3_client  # noqa: F401 - fixtures
+from tests.openai_standin import OpenAIStandin
 from tests.waiting import wait_for
 
 BIN = Path(sys.executable).parent
@@ -228,7 +227,7 @@ def bare_postgres_urls() -> Iterator[dict[str, str]]:
 @pytest.mark.slow
 def test_the_readme_production_settings_verbatim_ingest(
     tmp_path: Path, product_factory: list[Product], bare_postgres_urls: dict[str, str],
-    moto_endpoint: str, s3_bucket: str, openai_standin: OpenAIStandin,  # noqa: F811
+    moto_endpoint: str, s3_bucket: str, openai_standin: OpenAIStandin,
 ) -> None:
     env = {
         **bare_postgres_urls,

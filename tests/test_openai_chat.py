@@ -7,7 +7,7 @@ from typing import Any
 
 from expert_pipeline.chat.openai_chat import SYSTEM_PROMPT, OpenAIChat, _renumber
 from expert_pipeline.chat import Source
-from tests.openai_standin import API_KEY, OpenAIStandin, openai_standin  # noqa: F401 - fixture
+from tests.openai_standin import API_KEY, OpenAIStandin
 
 
 @dataclass
@@ -22,7 +22,7 @@ MATCHES = [
 ]
 
 
-def test_answer_is_grounded_in_numbered_passages(openai_standin: OpenAIStandin) -> None:  # noqa: F811
+def test_answer_is_grounded_in_numbered_passages(openai_standin: OpenAIStandin) -> None:
     chat = OpenAIChat(api_key=API_KEY, base_url=openai_standin.url, model="gpt-4o-mini", max_retries=0)
     answer, sources = chat("What pulls the oceans?", MATCHES)
     (request,) = [r for r in openai_standin.requests if r.path == "/v1/chat/completions"]
@@ -35,7 +35,7 @@ def test_answer_is_grounded_in_numbered_passages(openai_standin: OpenAIStandin) 
     assert [s.page for s in sources] == [2, 3]
 
 
-def test_no_passages_needs_no_model_call(openai_standin: OpenAIStandin) -> None:  # noqa: F811
+def test_no_passages_needs_no_model_call(openai_standin: OpenAIStandin) -> None:
     chat = OpenAIChat(api_key=API_KEY, base_url=openai_standin.url)
     answer, sources = chat("Anything?", [])
     assert sources == [] and "could not find" in answer
