@@ -5,8 +5,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install up api test test-fast bench migrate clean
+.PHONY: install install-test up api test test-fast bench migrate clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +18,14 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# Test-only packages (pytest, moto, playwright, schemathesis, ...) come with `make test` only.
+$(TEST_STAMP): $(STAMP) requirements-test.lock
+	$(BIN)/pip install --quiet -r requirements-test.lock
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 migrate: install
 	$(BIN)/expert-pipeline migrate
@@ -28,10 +36,10 @@ up: install
 api: install
 	$(BIN)/expert-pipeline up --api-only
 
-test: install
+test: install-test
 	$(BIN)/pytest
 
-test-fast: install
+test-fast: install-test
 	$(BIN)/pytest -m "not slow and not browser"
 
 bench: install

@@ -24,7 +24,7 @@ def _cmd_migrate(_: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from expert_pipeline.cli.up import run_servers
 
-    return run_servers(api_only=args.api_only)
+    return run_servers(api_only=args.api_only, verbose=args.verbose)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_cmd_migrate)
     up = sub.add_parser("up", help="run the status API, Dagster UI and daemon on embedded defaults")
     up.add_argument("--api-only", action="store_true", help="run only the status API")
+    up.add_argument("--verbose", action="store_true", help="show the servers' whole output, not only warnings and errors")
     up.set_defaults(func=_cmd_up)
     ingest = sub.add_parser("ingest", help="ingest files into a new expert in this process")
     ingest.add_argument("--name", required=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import signal
 import subprocess
@@ -14,7 +16,9 @@ import psutil
 
 from expert_pipeline.core.db import migrate
 from expert_pipeline.core.settings import get_settings
+from expert_pipeline.cli.console import ExpertWatcher, relay, say
 from expert_pipeline.cli.instance_storage import InstanceStorageError, prepare_instance
+from expert_pipeline.parts import describe_parts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,9 +47,12 @@ def api_host(configured: str, database_url: str) -> str:
     return LOCAL_HOST
 
 
-def run_servers(api_only: bool = False) -> int:
+def run_servers(api_only: bool = False, verbose: bool = False) -> int:
     settings = get_settings()
     settings.ensure_dirs()
+    for role, part in describe_parts(settings).items():
+        say(f"  {role:17s} {part}")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per migration step is noise here
     migrate(settings.resolved_database_url)
     host = api_host(settings.status_api_host, settings.resolved_database_url)
     env = {**os.environ, "EXPERT_PIPELINE_HOME": str(settings.expert_pipeline_home)}
@@ -68,7 +75,9 @@ def run_servers(api_only: bool = False) -> int:
         _install_instance_config(dagster_home)
         os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"] = str(dagster_home)
         try:
-            prepare_instance(dagster_home, say=lambda line: print(line, flush=True))
+            # Dagster prints its own storage upgrade steps; only our repair notes reach the console.
+            with contextlib.redirect_stdout(io.StringIO()):
+                prepare_instance(dagster_home, say=lambda line: print(line, file=sys.__stdout__, flush=True))
         except InstanceStorageError as exc:
             print(exc, file=sys.stderr, flush=True)
             return 1
@@ -77,6 +86,7 @@ def run_servers(api_only: bool = False) -> int:
             str(bin_dir / "dagster-webserver"), "-w", workspace,
             "-h", "127.0.0.1", "-p", str(settings.dagster_webserver_port),
         ]
+        # Sensors tick every second; their INFO lines go to the log file, not the console.
         commands["Dagster daemon"] = [str(bin_dir / "dagster-daemon"), "run", "-w", workspace]
         urls["Dagster UI"] = f"http://127.0.0.1:{settings.dagster_webserver_port}"
         urls["dashboard"] = f"http://{host}:{settings.status_api_port}/dashboard"
@@ -93,23 +103,33 @@ def run_servers(api_only: bool = False) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGHUP, request_stop)
+    logs = settings.expert_pipeline_home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     processes = {
-        name: subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, start_new_session=True)
+        name: subprocess.Popen(
+            cmd, env=env, cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         for name, cmd in commands.items()
     }
+    for name, proc in processes.items():
+        assert proc.stdout is not None
+        relay(name, proc.stdout, logs / f"{name.lower().replace(' ', '-')}.log", verbose)
     for name, url in urls.items():
-        print(f"  {name:15s} {url}", flush=True)
-    print("Press Ctrl-C to stop.", flush=True)
+        say(f"  {name:17s} {url}")
+    say(f"  {'logs':17s} {logs}/ (warnings and errors are shown here too; --verbose shows everything)")
+    say("Press Ctrl-C to stop.")
+    watcher = ExpertWatcher(settings.resolved_database_url).start()
     code = 0
     try:
         while not stop.wait(0.5):
             exited = next(((n, p) for n, p in processes.items() if p.poll() is not None), None)
             if exited is not None:
                 name, proc = exited
-                print(f"{name} exited with code {proc.returncode}; stopping the others", flush=True)
+                print(f"{name} exited with code {proc.returncode} (its log: {logs}); stopping the others", flush=True)
                 code = proc.returncode or 1
                 break
     finally:
+        watcher.stop()
         stop_all(list(processes.values()))
     return code
 
