@@ -244,5 +244,26 @@ def test_the_readme_production_settings_verbatim_ingest(
     assert openai_standin.embedding_requests, "the OpenAI stand-in was never asked"
     health = product.api.get("/healthz").json()
     assert health["pipeline"]["status"] == "ok", health
+    # The console tells what a person cares about; the servers' chatter is in the log files.
+    wait_for("the console to tell the expert is ready", lambda: "ready to chat" in product.log(), timeout=30)
+    console = product.log()
+    assert "skipped" not in console and " DEBUG " not in console and "alembic" not in console, console
+    assert (product.home / "logs" / "dagster-daemon.log").stat().st_size > 0
     assert product.stop_group() == 0
     assert product.leftovers() == []
+
+
+@pytest.mark.slow
+def test_terminal_ingest_keeps_its_bar_whole(tmp_path: Path) -> None:
+    env = {**os.environ, "EXPERT_PIPELINE_HOME": str(tmp_path / "home")}
+    env.pop("DATABASE_URL", None)
+    done = subprocess.run(
+        [str(BIN / "expert-pipeline"), "ingest", "--name", "Notes", str(_pdf(tmp_path / "notes.pdf", pages=2))],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("expert ") and lines[-1] == "done: 1 file(s) indexed, 0 failed", lines
+    assert all(line.startswith("[") for line in lines[1:-1]), lines  # nothing but the bar between
+    assert "100.0%  Complete" in lines[-2]
+    assert done.stderr == "", done.stderr  # no event log, no migration steps

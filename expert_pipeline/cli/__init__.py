@@ -30,7 +30,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from expert_pipeline.cli.ingest import ingest_files
 
-    return ingest_files(name=args.name, paths=args.files, agent_id=args.agent_id)
+    return ingest_files(name=args.name, paths=args.files, agent_id=args.agent_id, verbose=args.verbose)
 
 
 def _tokens_session():  # type: ignore[no-untyped-def]
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="ingest files into a new expert in this process")
     ingest.add_argument("--name", required=True)
     ingest.add_argument("--agent-id", default=None)
+    ingest.add_argument("--verbose", action="store_true", help="show Dagster's event log instead of the progress bar")
     ingest.add_argument("files", nargs="+")
     ingest.set_defaults(func=_cmd_ingest)
     tokens = sub.add_parser("tokens", help="manage status API tokens")
@@ -151,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    # A person reads this console: warnings and errors, not every migration step or library note.
+    level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.func(args))
 
 

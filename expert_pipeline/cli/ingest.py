@@ -42,7 +42,7 @@ def render_bar(record: ExpertProcessingProgress, width: int = 30) -> str:
     return "  ".join(parts)
 
 
-def ingest_files(name: str, paths: Sequence[str], agent_id: str | None = None) -> int:
+def ingest_files(name: str, paths: Sequence[str], agent_id: str | None = None, verbose: bool = False) -> int:
     from expert_pipeline.definitions import build_definitions
     from expert_pipeline.parts import build_file_storage
     from expert_pipeline.partitions import experts
@@ -77,12 +77,16 @@ def ingest_files(name: str, paths: Sequence[str], agent_id: str | None = None) -
     outcome: dict[str, bool] = {}
     worker = threading.Thread(
         target=lambda: outcome.setdefault(
-            "ok", job.execute_in_process(partition_key=expert.id, instance=instance, raise_on_error=False).success
+            "ok", job.execute_in_process(
+                partition_key=expert.id, instance=instance, raise_on_error=False,
+                # Dagster's event log would tear the bar apart line by line; --verbose shows it.
+                run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}}},
+            ).success
         ),
         daemon=True,
     )
     worker.start()
-    interactive = sys.stdout.isatty()
+    interactive = sys.stdout.isatty() and not verbose
     last_line = ""
     unreachable_since: float | None = None
     while True:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import signal
 import subprocess
@@ -52,7 +51,6 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
     settings.ensure_dirs()
     for role, part in describe_parts(settings).items():
         say(f"  {role:17s} {part}")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per migration step is noise here
     migrate(settings.resolved_database_url)
     host = api_host(settings.status_api_host, settings.resolved_database_url)
     env = {**os.environ, "EXPERT_PIPELINE_HOME": str(settings.expert_pipeline_home)}
