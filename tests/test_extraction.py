@@ -89,7 +89,9 @@ class _RootRecords(logging.Handler):
 def test_pdf_parser_warnings_are_collected_not_logged(tmp_path: Path) -> None:
     pdf = make_pdf(tmp_path / "sloppy.pdf", sample_paragraphs(2, seed=8))
     # A wrong startxref offset is a classic producer bug pypdf repairs, with warnings.
-    wrong_offset = re.sub(rb"startxref\s+(\d+)", lambda m: b"startxref %d" % (int(m[1]) + 7), pdf.read_bytes())
+    wrong_offset = re.sub(
+        rb"startxref\s+(\d+)", lambda m: b"startxref %d" % (int(m[1]) + 7), pdf.read_bytes()
+    )
     pdf.write_bytes(wrong_offset)
     collected: list[str] = []
     root, console = logging.getLogger(), _RootRecords()
@@ -152,6 +154,75 @@ def test_text_file_latin1_fallback(tmp_path: Path) -> None:
     source.write_bytes("Crème brûlée in Gruyère.\n".encode("latin-1"))
 
     assert [p.text for p in extract_pages(source)] == ["Crème brûlée in Gruyère."]
+
+
+def test_text_file_cp1252_with_curly_quotes_and_dashes(tmp_path: Path) -> None:
+    # What Windows editors save as "ANSI": quotes and dashes in 0x80-0x9F, where latin-1 has controls.
+    text = "“It’s a café,” she said – twice … for €5."
+    source = tmp_path / "ansi.txt"
+    source.write_bytes((text + "\r\n").encode("cp1252"))
+
+    assert [p.text for p in extract_pages(source)] == [text]
+
+
+@pytest.mark.parametrize("word", ["Señor", "père", "Zürich", "Ca va? Ça va."])
+def test_short_western_text_is_read_as_cp1252(word: str, tmp_path: Path) -> None:
+    source = tmp_path / "short.txt"
+    source.write_bytes(word.encode("cp1252"))
+
+    assert [p.text for p in extract_pages(source)] == [word]
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        ("Привет, как дела? Это простой текст на русском языке.", "cp1251"),
+        ("Zażółć gęślą jaźń. Wszystkie ludzkie istoty rodzą się wolne i równe.", "cp1250"),
+    ],
+)
+def test_other_legacy_code_pages_are_detected(text: str, encoding: str, tmp_path: Path) -> None:
+    source = tmp_path / f"{encoding}.txt"
+    source.write_bytes(((text + " ") * 3).encode(encoding))
+
+    assert [p.text for p in extract_pages(source)] == [" ".join([text] * 3)]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_text_file_utf16_without_bom(encoding: str, tmp_path: Path) -> None:
+    text = "Größe: zwölf Meter. The moon pulls the tides twice a day."
+    source = tmp_path / "export.txt"
+    source.write_bytes((text + "\r\n").encode(encoding))
+
+    assert [p.text for p in extract_pages(source)] == [text]
+
+
+def test_text_file_utf16_big_endian_with_bom(tmp_path: Path) -> None:
+    source = tmp_path / "mac.txt"
+    source.write_bytes(b"\xfe\xff" + "Größe: zwölf Meter.\n".encode("utf-16-be"))
+
+    assert [p.text for p in extract_pages(source)] == ["Größe: zwölf Meter."]
+
+
+def test_legacy_bytes_after_the_first_block_decide_the_whole_file(tmp_path: Path) -> None:
+    # The encoding must be known before the first page is yielded, not when the bad byte is reached.
+    ascii_part = "The moon pulls the tides. " * 4_000  # ~100 KB of plain ASCII first
+    source = tmp_path / "late.txt"
+    source.write_bytes((ascii_part + "Crème brûlée – “very” good.\n").encode("cp1252"))
+
+    text = " ".join(p.text for p in extract_pages(source))
+
+    assert text.endswith("Crème brûlée – “very” good.")
+    assert text.split() == (ascii_part + "Crème brûlée – “very” good.").split()
+
+
+def test_utf8_character_across_a_block_boundary_stays_utf8(tmp_path: Path) -> None:
+    head = "a" * (64 * 1024 - 1)  # the two bytes of "é" straddle the first 64 KB block's end
+    source = tmp_path / "boundary.txt"
+    source.write_bytes((head + "été " + "café " * 10).encode("utf-8"))
+
+    text = " ".join(p.text for p in extract_pages(source))
+
+    assert "été" in text and text.endswith("café") and "Ã" not in text
 
 
 def test_markdown_type_comes_from_the_filename_not_the_stored_path(tmp_path: Path) -> None:
@@ -217,6 +288,18 @@ def _renamed_binary(tmp_path: Path) -> Path:
     return path
 
 
+def _control_bytes(tmp_path: Path) -> Path:
+    path = tmp_path / "renamed.md"  # no NUL bytes, but far more control bytes than any text has
+    path.write_bytes(bytes([1, 2, 3, 4, 5, 6, 7, 8, 0x41, 0x42]) * 400)
+    return path
+
+
+def _late_nul(tmp_path: Path) -> Path:
+    path = tmp_path / "data.txt"  # text for the first 64 KB, then a binary tail
+    path.write_bytes(b"plain words " * 8_000 + bytes(range(256)) * 4)
+    return path
+
+
 def _empty(tmp_path: Path) -> Path:
     path = tmp_path / "empty.txt"
     path.write_bytes(b"")
@@ -261,6 +344,8 @@ FAILURES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
     "empty": (_empty, "empty", "file is empty"),
     "unsupported": (_unsupported, "unsupported_type", ".xyz"),
     "renamed binary": (_renamed_binary, "unsupported_type", "binary content"),
+    "control bytes": (_control_bytes, "unsupported_type", "binary content"),
+    "binary after text": (_late_nul, "unsupported_type", "binary content"),
     "not a docx": (_fake_docx, "corrupt", "not a valid Word"),
     "truncated docx": (_truncated_docx, "corrupt", "damaged Word"),
     "whitespace only": (_whitespace_only, "no_text", "no text"),

@@ -21,11 +21,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from pebble import ProcessExpired, ProcessPool
 
-from expert_pipeline.text.extraction import ExtractionError, extract_pages
 from expert_pipeline.ingest.work_area import ExpertWorkArea
+from expert_pipeline.text.extraction import ExtractionError, extract_pages
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class IsolatedExtractor:
         self.limits = limits
         self._pool: ProcessPool | None = None
 
-    def __enter__(self) -> IsolatedExtractor:
+    def __enter__(self) -> Self:
         self._pool = ProcessPool(
             max_workers=1,
             initializer=_cap_memory,
@@ -96,7 +97,12 @@ class IsolatedExtractor:
         future = self._pool.schedule(
             _extract_to_work_area,
             args=(
-                str(self.work.dir.parent), self.work.dir.name, file_id, str(source), filename, self.limits.memory_mb
+                str(self.work.dir.parent),
+                self.work.dir.name,
+                file_id,
+                str(source),
+                filename,
+                self.limits.memory_mb,
             ),
             timeout=self.limits.timeout_seconds,
         )
@@ -106,13 +112,15 @@ class IsolatedExtractor:
             # pebble has killed the worker; a fresh one takes the next file.
             self._discard_partial(file_id)
             raise ExtractionError(
-                "too_large", f"too large or too complex: extraction took longer than {self.limits.timeout_seconds:g} s"
+                "too_large",
+                f"too large or too complex: extraction took longer than {self.limits.timeout_seconds:g} s",
             ) from None
         except ProcessExpired as exc:
             # Killed from outside the cap's reach (the kernel's OOM killer, a parser crash in C).
             self._discard_partial(file_id)
             raise ExtractionError(
-                "too_large", f"too large or too complex: the extraction worker died reading it (exit code {exc.exitcode})"
+                "too_large",
+                f"too large or too complex: the extraction worker died reading it (exit code {exc.exitcode})",
             ) from None
 
     def _discard_partial(self, file_id: str) -> None:

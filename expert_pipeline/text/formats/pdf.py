@@ -1,0 +1,213 @@
+"""PDF (pypdf): one page of text per page, within pypdf's safety limits and a page-count limit.
+
+Parser warnings go to the caller's list and are counted in one log line, never logged one by one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Final
+
+from expert_pipeline.text.pages import ExtractionError, PageText, non_space_chars, normalize_whitespace
+
+if TYPE_CHECKING:
+    from pypdf import PdfReader
+
+logger = logging.getLogger(__name__)
+
+# A scanned PDF often still yields a page number or a stray word per page; below these amounts
+# the document holds nothing worth indexing.
+MIN_PDF_CHARS: Final = 20
+MIN_PDF_CHARS_PER_PAGE: Final = 10
+
+NO_TEXT_PDF_MESSAGE: Final = "no extractable text (scanned or image-only document?)"
+_NESTED_TOO_DEEPLY: Final = "its structure is nested too deeply to read"
+
+
+def pdf_pages(path: Path, max_pages: int, warnings: list[str] | None, filename: str) -> Iterator[PageText]:
+    sink = _WarningSink(warnings)
+    with path.open("rb") as handle:
+        if b"%PDF-" not in handle.read(1024):
+            raise ExtractionError("corrupt", "not a valid PDF file (no PDF header)")
+        handle.seek(0)
+        _install_pypdf_log_router()
+        try:
+            yield from _read_pdf(handle, max_pages, sink)
+        finally:
+            if sink.count:
+                logger.info("pypdf reported %d warnings while reading %s", sink.count, filename)
+
+
+# --- pypdf's log records, collected per extraction --------------------------------------------
+
+
+class _WarningSink:
+    """Counts parser warnings; keeps their text only if the caller asked for it."""
+
+    def __init__(self, messages: list[str] | None) -> None:
+        self.messages = messages
+        self.count = 0
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if self.messages is not None:
+            self.messages.append(message)
+
+
+_pdf_log_sink: contextvars.ContextVar[_WarningSink | None] = contextvars.ContextVar(
+    "pdf_log_sink", default=None
+)
+_router_lock = threading.Lock()
+_router_installed = False
+
+
+class _PypdfLogRouter(logging.Handler):
+    """Sends pypdf's records to the current extraction's collector instead of the console.
+
+    A handler on "pypdf" sees its child loggers' records, which a filter there would not.
+    Outside an extraction, records continue to the root logger as they would have.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sink = _pdf_log_sink.get()
+        if sink is None:
+            logging.getLogger().handle(record)
+        elif record.levelno >= logging.WARNING:
+            sink.add(record.getMessage())
+
+
+def _install_pypdf_log_router() -> None:
+    global _router_installed
+    with _router_lock:
+        if _router_installed:
+            return
+        pypdf_logger = logging.getLogger("pypdf")
+        pypdf_logger.addHandler(_PypdfLogRouter())
+        pypdf_logger.propagate = False
+        _router_installed = True
+
+
+@contextlib.contextmanager
+def _collect_pypdf_logs(sink: _WarningSink) -> Iterator[None]:
+    # Set and reset around each pypdf call, never across a yield, so the caller's context is never
+    # left pointing at this file's collector.
+    token = _pdf_log_sink.set(sink)
+    try:
+        yield
+    finally:
+        _pdf_log_sink.reset(token)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _read_pdf(handle: IO[bytes], max_pages: int, warnings: _WarningSink) -> Iterator[PageText]:
+    reader, page_count = _open_pdf(handle, warnings, max_pages)
+    if page_count > max_pages:
+        raise ExtractionError("too_large", f"too large: {page_count} pages (the limit is {max_pages})")
+    characters = 0
+    unreadable: list[str] = []
+    for number in range(1, page_count + 1):
+        text = _pdf_page_text(reader, number, warnings, unreadable)
+        characters += non_space_chars(text)
+        # Blank pages are yielded too, so page numbers and counts match the document.
+        yield PageText(page=number, text=text)
+    if len(unreadable) == page_count:
+        raise ExtractionError("corrupt", f"damaged PDF: no page could be read ({unreadable[0]})")
+    if characters < max(MIN_PDF_CHARS, MIN_PDF_CHARS_PER_PAGE * page_count):
+        raise ExtractionError("no_text", NO_TEXT_PDF_MESSAGE)
+
+
+def _beyond_reader_limits(exc: Exception, where: str = "") -> ExtractionError:
+    # A file past pypdf's own safety limits (huge streams, page trees, arrays) is too big, not damaged.
+    return ExtractionError("too_large", f"too large: {where}beyond the PDF reader's safety limits ({exc})")
+
+
+def _unreadable_page_list(exc: Exception) -> ExtractionError:
+    from pypdf.errors import LimitReachedError
+
+    if isinstance(exc, LimitReachedError):
+        return _beyond_reader_limits(exc)
+    # pypdf wraps the RecursionError of a deeply nested object in its own read error.
+    if isinstance(exc, RecursionError) or isinstance(exc.__context__, RecursionError):
+        return ExtractionError("corrupt", f"damaged PDF: {_NESTED_TOO_DEEPLY}")
+    return ExtractionError("corrupt", f"damaged PDF: cannot read its page list ({exc})")
+
+
+def _declared_page_count(reader: PdfReader) -> int | None:
+    """The page tree's own /Count, read without walking the tree (the page list does that)."""
+    from pypdf.generic import DictionaryObject
+
+    pages = reader.root_object.get("/Pages")
+    pages = pages.get_object() if pages is not None else None
+    count = pages.get("/Count") if isinstance(pages, DictionaryObject) else None
+    return int(count) if isinstance(count, int) else None
+
+
+def _open_pdf(handle: IO[bytes], warnings: _WarningSink, max_pages: int) -> tuple[PdfReader, int]:
+    from pypdf import PasswordType, PdfReader
+    from pypdf.errors import LimitReachedError, PdfReadError
+
+    with _collect_pypdf_logs(warnings):
+        try:
+            reader = PdfReader(handle, strict=False)
+        except MemoryError:
+            raise
+        except LimitReachedError as exc:
+            raise _beyond_reader_limits(exc) from exc
+        except PdfReadError as exc:
+            raise ExtractionError("corrupt", f"damaged PDF: {exc}") from exc
+        except Exception as exc:  # malformed files surface as any exception type
+            raise ExtractionError("corrupt", f"damaged PDF: {exc.__class__.__name__}") from exc
+        if reader.is_encrypted:
+            # Many PDFs are "encrypted" only to restrict printing; they open with no password.
+            try:
+                unlocked = reader.decrypt("") != PasswordType.NOT_DECRYPTED
+            except Exception:  # noqa: BLE001 - unknown algorithms etc.: treat as locked
+                unlocked = False
+            if not unlocked:
+                raise ExtractionError(
+                    "encrypted", "password-protected PDF: cannot be read without its password"
+                )
+        try:
+            # Walking a page tree of 100,000+ entries takes seconds; a file far past the limit
+            # is refused on its word.
+            declared = _declared_page_count(reader)
+            if declared is not None and declared > max_pages:
+                raise ExtractionError("too_large", f"too large: {declared} pages (the limit is {max_pages})")
+            page_count = len(reader.pages)
+        except (MemoryError, ExtractionError):
+            raise
+        except Exception as exc:  # any error here means the page list is unreadable
+            # Reported at the first failure: a second attempt at a half-read object reads as a loop.
+            raise _unreadable_page_list(exc) from exc
+    if page_count == 0:
+        raise ExtractionError("corrupt", "damaged PDF: it has no pages")
+    return reader, page_count
+
+
+def _pdf_page_text(reader: PdfReader, number: int, warnings: _WarningSink, unreadable: list[str]) -> str:
+    """One page's normalised text; a page pypdf cannot parse counts as blank, not fatal."""
+    from pypdf.errors import LimitReachedError
+
+    with _collect_pypdf_logs(warnings):
+        try:
+            raw = reader.pages[number - 1].extract_text()
+        except MemoryError:
+            raise
+        except LimitReachedError as exc:
+            raise _beyond_reader_limits(exc, f"page {number} is ") from exc
+        except Exception as exc:  # noqa: BLE001 - one broken page must not lose the others
+            nested = isinstance(exc, RecursionError)
+            reason = f"page {number}: " + (
+                _NESTED_TOO_DEEPLY if nested else f"{exc.__class__.__name__}: {exc}"
+            )
+            warnings.add(reason)
+            unreadable.append(reason)
+            return ""
+    return normalize_whitespace(raw or "")
