@@ -19,12 +19,9 @@ from status_api.api.admission import AdmissionLimit
 from status_api.api.auth_gate import AuthGate
 from status_api.api.errors import install_error_handlers
 from status_api.api.log_redaction import install_log_redaction
+from status_api.api.main import api_router
 from status_api.api.security_headers import SecurityHeaders
 from status_api.api.upload_limits import RequestSizeLimit
-from status_api.api.routes import experts, health, progress
-from status_api.api.routes import chat, stream
-from status_api.api.routes import stream_tickets
-from status_api.api.routes import meta
 from status_api.dashboard import install_dashboard
 from status_api.docs import install_docs
 from status_api.progress_broadcaster import ProgressBroadcaster
@@ -77,16 +74,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestSizeLimit, max_upload_bytes=settings.max_upload_total_bytes)
     app.add_middleware(AdmissionLimit)
     app.add_middleware(SecurityHeaders)  # outermost: early 413/503 answers get the headers too
-    app.include_router(health.router)
-    app.include_router(progress.router)
-    app.include_router(experts.router)
-    # Live progress (SSE), chat, and the dashboard that uses them.
+    # Live progress (SSE) and chat, for the API and the dashboard that uses it.
     app.state.progress_broadcaster = ProgressBroadcaster(app.state.engine, settings)
     app.state.chat_provider = build_chat_provider(settings)
-    app.include_router(stream.router)
-    app.include_router(stream_tickets.router)
-    app.include_router(chat.router)
-    app.include_router(meta.router)
+    app.include_router(api_router)
     install_dashboard(app)
     install_docs(app)
     return app

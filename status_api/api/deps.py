@@ -12,9 +12,12 @@ from starlette.concurrency import run_in_threadpool
 
 from expert_pipeline.core import auth
 from expert_pipeline.core.auth import LOCAL_PRINCIPAL, Principal
+from expert_pipeline.core import experts_service
 from expert_pipeline.core.experts_service import ExpertFileStorage
+from expert_pipeline.core.models import Expert
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
+from status_api.api.answers import expert_not_found, progress_not_found
 
 class VectorStoreLike(Protocol):
     def delete_namespace(self, namespace: str) -> None: ...
@@ -189,3 +192,17 @@ def require_visible(db: Session, principal: Principal, expert_id: str, not_found
     exactly what a missing expert answers, so nothing tells that it exists."""
     if not auth.can_see(db, principal, expert_id):
         raise HTTPException(status_code=404, detail=not_found)
+
+
+def require_expert(db: Session, expert_id: str, principal: Principal) -> Expert:
+    """The expert, or 404 when it is missing or not the caller's (the same answer)."""
+    expert = experts_service.get_expert(db, expert_id)
+    if expert is None or not principal.sees(expert.owner):
+        raise expert_not_found(expert_id)
+    return expert
+
+
+def require_progress_visible(db: Session, principal: Principal, expert_id: str) -> None:
+    """404 ("no progress record") when the caller may not see the expert's progress."""
+    if not auth.can_see(db, principal, expert_id):
+        raise progress_not_found(expert_id)

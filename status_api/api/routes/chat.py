@@ -20,7 +20,16 @@ from expert_pipeline.chat import extractive
 from expert_pipeline.core import experts_service
 from expert_pipeline.core.models import ExpertProcessingProgress, Status
 from expert_pipeline.core.progress_public import progress_in_words
-from status_api.api.deps import CurrentPrincipal, ExpertId, ProgressServiceDep, SessionDep, _part, get_principal
+from status_api.api.answers import EXPERT_NOT_FOUND, TOO_LARGE
+from status_api.api.deps import (
+    CurrentPrincipal,
+    ExpertId,
+    ProgressServiceDep,
+    SessionDep,
+    _part,
+    get_principal,
+    require_expert,
+)
 from status_api.schemas import ChatRequest, ChatResponse, ChatSource, ErrorResponse
 
 router = APIRouter(prefix="/api/experts", tags=["chat"], dependencies=[Depends(get_principal)])
@@ -46,7 +55,9 @@ def not_ready_message(name: str, record: ExpertProcessingProgress | None) -> str
     "/{expert_id}/chat",
     response_model=ChatResponse,
     responses={
-        404: {"model": ErrorResponse, "description": "No such expert"},
+        400: {"model": ErrorResponse, "description": "The body is not readable JSON"},
+        **EXPERT_NOT_FOUND,
+        **TOO_LARGE,
         409: {"model": ErrorResponse, "description": "Being processed, or no document indexed yet"},
         422: {"model": ErrorResponse, "description": "Empty or too long message"},
     },
@@ -56,9 +67,7 @@ def chat(
     principal: CurrentPrincipal,
 ) -> ChatResponse:
     """Ask the expert a question; the answer quotes its documents with numbered sources."""
-    expert = experts_service.get_expert(db, expert_id)
-    if expert is None or not principal.sees(expert.owner):
-        raise HTTPException(status_code=404, detail=f"No expert '{expert_id}'")
+    expert = require_expert(db, expert_id, principal)
     record = service.get_progress(expert_id)
     if not experts_service.ready_to_chat(record, experts_service.files_of(db, [expert_id])[expert_id]):
         raise HTTPException(status_code=409, detail=not_ready_message(expert.name, record))

@@ -5,15 +5,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from expert_pipeline.core.auth import can_see, visible_expert_ids
 from expert_pipeline.core.models import utcnow
 from expert_pipeline.core.progress_service import OPERATOR_DETAIL, ExpertProcessingProgressService
 from expert_pipeline.core.stats import ingest_stats
-
-from expert_pipeline.core.auth import can_see, visible_expert_ids
+from status_api.api.answers import PROGRESS_NOT_FOUND, progress_not_found
 from status_api.api.deps import (
     CurrentPrincipal,
     ExpertId,
@@ -22,13 +22,12 @@ from status_api.api.deps import (
     SettingsDep,
     _bearer,
     get_principal,
-    require_visible,
+    require_progress_visible,
     resolve_principal,
 )
 from status_api.progress_view import present_many, present_one
 from status_api.schemas import (
     ActiveProgressResponse,
-    ErrorResponse,
     ProgressEventOut,
     ProgressEventsResponse,
     ProgressResponse,
@@ -42,17 +41,6 @@ from status_api.schemas import (
 router = APIRouter(prefix="/api/experts", tags=["progress"])
 _authenticated = APIRouter(dependencies=[Depends(get_principal)])
 _polled = APIRouter()
-
-NOT_FOUND = {404: {"model": ErrorResponse, "description": "No progress record for this expert"}}
-
-
-def _message(expert_id: str) -> str:
-    return f"No progress record for expert '{expert_id}'"
-
-
-def _not_found(expert_id: str) -> HTTPException:
-    return HTTPException(status_code=404, detail=_message(expert_id))
-
 
 @_authenticated.get("/progress/active", response_model=ActiveProgressResponse)
 def get_active_progress(
@@ -103,35 +91,35 @@ async def _caller_progress(request: Request) -> ProgressResponse | None:
     return await run_in_threadpool(read)
 
 
-@_polled.get("/{expert_id}/progress", response_model=ProgressResponse, responses=NOT_FOUND)
+@_polled.get("/{expert_id}/progress", response_model=ProgressResponse, responses=PROGRESS_NOT_FOUND)
 async def get_progress(
     expert_id: ExpertId, found: Annotated[ProgressResponse | None, Depends(_caller_progress)]
 ) -> ProgressResponse:
     """The expert's progress: stage, status, file/batch/chunk counters, percentage, times."""
     if found is None:
-        raise _not_found(expert_id)
+        raise progress_not_found(expert_id)
     return found
 
 
-@_authenticated.delete("/{expert_id}/progress", response_model=SuccessResponse, responses=NOT_FOUND)
+@_authenticated.delete("/{expert_id}/progress", response_model=SuccessResponse, responses=PROGRESS_NOT_FOUND)
 def delete_progress(expert_id: ExpertId, service: ProgressServiceDep, principal: CurrentPrincipal) -> SuccessResponse:
     """Remove the expert's progress record and its history (cleanup)."""
-    require_visible(service.db, principal, expert_id, _message(expert_id))
+    require_progress_visible(service.db, principal, expert_id)
     if not service.delete_progress(expert_id):
-        raise _not_found(expert_id)
+        raise progress_not_found(expert_id)
     return SuccessResponse()
 
 
 @_authenticated.get(
-    "/{expert_id}/progress/events", response_model=ProgressEventsResponse, responses=NOT_FOUND
+    "/{expert_id}/progress/events", response_model=ProgressEventsResponse, responses=PROGRESS_NOT_FOUND
 )
 def get_progress_events(
     expert_id: ExpertId, service: ProgressServiceDep, principal: CurrentPrincipal
 ) -> ProgressEventsResponse:
     """The expert's progress history, oldest first."""
-    require_visible(service.db, principal, expert_id, _message(expert_id))
+    require_progress_visible(service.db, principal, expert_id)
     if service.get_progress(expert_id) is None:
-        raise _not_found(expert_id)
+        raise progress_not_found(expert_id)
     events = [ProgressEventOut.model_validate(e) for e in service.list_events(expert_id)]
     if not principal.operator:
         # Raw detail (exception text, storage keys) is the operators'; users get the message.

@@ -22,16 +22,16 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from sqlalchemy.orm import Session
-
-from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core import auth
 from expert_pipeline.core.auth import Principal
+from expert_pipeline.core.progress_service import ExpertProcessingProgressService
+from status_api.api.answers import json_error, progress_not_found
 from status_api.api.deps import ExpertId, StreamPrincipal, get_engine, get_stream_principal
 from status_api.progress_broadcaster import (
     ProgressBroadcaster,
@@ -54,8 +54,31 @@ ENDED_FRAME = b": the API token this stream was opened with is no longer accepte
 # What `_next_batch` returns when the subscription was ended (its token revoked or expired).
 ENDED: list[ProgressChange] = []
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+# Each event as the client's EventSource sees it: `progress` with the record as JSON (the same
+# object as GET /api/experts/{expert_id}/progress's `progress`), or `resync` after dropped events.
+_JSON = "application/json"
+STREAM_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {"event": {"enum": ["progress", "resync"]}, "data": {"type": "string"}},
+    "oneOf": [
+        {"properties": {
+            "event": {"const": "progress"},
+            "data": {"contentMediaType": _JSON, "contentSchema": {"$ref": "#/components/schemas/ProgressRecord"}},
+        }},
+        {"properties": {
+            "event": {"const": "resync"},
+            "data": {"contentMediaType": _JSON, "contentSchema": {
+                "type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}},
+            }},
+        }},
+    ],
+}
 STREAM_DOC = {
-    200: {"content": {"text/event-stream": {}}, "description": "A Server-Sent-Events stream of `progress` events"},
+    200: {
+        "content": {"text/event-stream": {"schema": STREAM_EVENT}},
+        "description": "A Server-Sent-Events stream of `progress` events (each event's schema)",
+    },
 }
 
 
@@ -195,10 +218,7 @@ async def stream_all_progress(request: Request, principal: StreamPrincipal) -> A
     response_class=EventStreamResponse,
     responses={
         **STREAM_DOC,
-        404: {
-            "description": "No progress record for this expert",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
-        },
+        404: json_error("No progress record for this expert"),
     },
     summary="Live progress of one expert (Server-Sent Events)",
 )
@@ -215,7 +235,7 @@ async def stream_expert_progress(expert_id: ExpertId, request: Request, principa
         raise
     if record is None:
         broadcaster.unsubscribe(sub)
-        raise HTTPException(status_code=404, detail=f"No progress record for expert '{expert_id}'")
+        raise progress_not_found(expert_id)
     return EventStreamResponse(
         _expert_stream(broadcaster, sub, encode_record(record)), cleanup=lambda: broadcaster.unsubscribe(sub)
     )
