@@ -20,11 +20,7 @@ _CONTROL_BYTES: Final = bytes(b for b in range(32) if b not in b"\t\n\r\f")
 
 
 def text_encoding(path: Path) -> str:
-    """A codec name for `open()`; ExtractionError("unsupported_type") for binary content.
-
-    Read with errors="replace": a guessed code page may leave a stray undefined byte, and one
-    replacement character is better than failing the file after pages were yielded.
-    """
+    """A codec name for `open()`; ExtractionError("unsupported_type") for binary content."""
     with path.open("rb") as handle:
         head = handle.read(SNIFF_BYTES)
         if b"\x00" in head or head.startswith(_WIDE_BOMS):
@@ -48,6 +44,7 @@ def text_encoding(path: Path) -> str:
 
 def looks_binary(sample: bytes) -> bool:
     """NUL bytes, or control bytes common enough that no 8-bit code page would make text of them."""
+    # Not charset_normalizer.is_binary: it also refuses real legacy text it cannot place (cp1254 Turkish).
     if b"\x00" in sample:
         return True
     control = len(sample) - len(sample.translate(None, _CONTROL_BYTES))

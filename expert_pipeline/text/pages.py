@@ -30,8 +30,7 @@ class ExtractionError(Exception):
         return (type(self), (self.kind, str(self)))
 
 
-# Control characters other than tab and newline come only from broken encodings or extraction
-# artefacts; NUL in particular breaks PostgreSQL text columns.
+# Controls other than tab and newline are encoding or extraction debris; NUL breaks PostgreSQL text.
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f\u200b\ufeff]")
 _HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
 _MANY_NEWLINES = re.compile(r"\n{3,}")

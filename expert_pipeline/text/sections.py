@@ -7,8 +7,7 @@ from typing import Final
 
 from expert_pipeline.text.pages import ExtractionError, PageText, normalize_whitespace
 
-# About this many characters per section: huge text files stream, and a "page" in a citation
-# still narrows the place down.
+# Small enough that huge files stream and a cited "page" still narrows the place down.
 SECTION_CHARS: Final = 10_000
 
 

@@ -20,8 +20,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# A scanned PDF often still yields a page number or a stray word per page; below these amounts
-# the document holds nothing worth indexing.
+# A scan often still yields a page number or stray word per page; below this it holds nothing to index.
 MIN_PDF_CHARS: Final = 20
 MIN_PDF_CHARS_PER_PAGE: Final = 10
 
@@ -94,8 +93,7 @@ def _install_pypdf_log_router() -> None:
 
 @contextlib.contextmanager
 def _collect_pypdf_logs(sink: _WarningSink) -> Iterator[None]:
-    # Set and reset around each pypdf call, never across a yield, so the caller's context is never
-    # left pointing at this file's collector.
+    # Around each pypdf call, never across a yield: the caller's context must not keep this collector.
     token = _pdf_log_sink.set(sink)
     try:
         yield
@@ -175,8 +173,7 @@ def _open_pdf(handle: IO[bytes], warnings: _WarningSink, max_pages: int) -> tupl
                     "encrypted", "password-protected PDF: cannot be read without its password"
                 )
         try:
-            # Walking a page tree of 100,000+ entries takes seconds; a file far past the limit
-            # is refused on its word.
+            # Walking a huge page tree takes seconds, so a file declaring too many pages is taken at its word.
             declared = _declared_page_count(reader)
             if declared is not None and declared > max_pages:
                 raise ExtractionError("too_large", f"too large: {declared} pages (the limit is {max_pages})")

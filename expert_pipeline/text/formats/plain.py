@@ -17,9 +17,9 @@ def text_pages(path: Path, max_pages: int) -> Iterator[PageText]:
 def _text_lines(path: Path) -> Iterator[str]:
     encoding = text_encoding(path)
     carry = ""
+    # A guessed code page may leave a stray undefined byte: one U+FFFD beats failing after pages were yielded.
     with path.open("r", encoding=encoding, errors="replace", newline="") as handle:
-        # A bounded readline keeps a file without line breaks from becoming one huge string;
-        # the word it cut in two is carried over so no word is split across sections.
+        # Bounded, so a file without line breaks never becomes one string; a cut word is carried over.
         while line := handle.readline(SECTION_CHARS):
             line, carry = carry + line, ""
             if not line.endswith(("\n", "\r")):
