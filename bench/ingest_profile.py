@@ -79,7 +79,7 @@ me = psutil.Process()
 mb = lambda: me.memory_info().rss / 2**20
 out = {"python_mb": mb()}
 import torch  # noqa: F401  (the pipeline's run process imports it too)
-from expert_pipeline.resources.embedder import LocalEmbedder  # imports Dagster as well
+from expert_pipeline.adapters.embedder import LocalEmbedder  # imports Dagster as well
 out["imports_mb"] = mb()
 embedder = LocalEmbedder()
 out["model_load_seconds"] = embedder.warm_up()

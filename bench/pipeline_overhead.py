@@ -27,7 +27,7 @@ import dagster as dg  # noqa: E402
 
 from expert_pipeline.core.db import migrate  # noqa: E402
 from expert_pipeline.core.settings import Settings  # noqa: E402
-from expert_pipeline.parts import build_embedder  # noqa: E402
+from expert_pipeline.adapters.factory import build_embedder  # noqa: E402
 from expert_pipeline.text.chunking import chunk_pages  # noqa: E402
 from expert_pipeline.text.extraction import extract_pages  # noqa: E402
 from tests.fixture_documents import make_pdf, sample_paragraphs  # noqa: E402

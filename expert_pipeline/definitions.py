@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from expert_pipeline.adapters.factory import check_parts, log_parts
 from expert_pipeline.assets import INGEST_ASSETS
 from expert_pipeline.automation.definitions import automation_definitions
 from expert_pipeline.core.settings import Settings, get_settings
 from expert_pipeline.jobs import ingest_job
-from expert_pipeline.parts import build_resources, check_parts, log_parts, part_kinds
+from expert_pipeline.resources.parts import build_resources, part_kinds
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:

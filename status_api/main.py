@@ -7,14 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from expert_pipeline.adapters.factory import build_chat_provider, check_parts, log_parts
 from expert_pipeline.core.auth import any_tokens
 from expert_pipeline.core.db import engine_for, migrate
 from expert_pipeline.core.settings import Settings, get_settings
-from expert_pipeline.parts import build_chat_provider, check_parts, log_parts
 from status_api.api.admission import AdmissionLimit
 from status_api.api.auth_gate import AuthGate
 from status_api.api.errors import install_error_handlers

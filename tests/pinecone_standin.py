@@ -47,7 +47,7 @@ from tests.threaded_server import ThreadedServer
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from expert_pipeline.resources.pinecone_vector_store import PineconeVectorStore
+from expert_pipeline.adapters.pinecone_vector_store import PineconeVectorStore
 
 API_KEY = "test-key"
 DIMENSION = 8

@@ -18,7 +18,7 @@ from expert_pipeline.core.experts_service import Upload, UploadLimits
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
 from expert_pipeline.definitions import build_definitions
-from expert_pipeline.parts import build_file_storage
+from expert_pipeline.adapters.factory import build_file_storage
 from expert_pipeline.partitions import experts
 
 ANY_TYPE = UploadLimits(

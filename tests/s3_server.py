@@ -32,7 +32,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from expert_pipeline.resources.s3_file_storage import S3FileStorage
+from expert_pipeline.adapters.s3_file_storage import S3FileStorage
 
 REGION = "us-east-1"
 

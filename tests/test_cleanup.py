@@ -20,9 +20,9 @@ from expert_pipeline.core.models import Expert, ExpertProcessingProgress, utcnow
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
 from expert_pipeline.definitions import build_definitions
-from expert_pipeline.parts import build_file_storage, build_vector_store
+from expert_pipeline.adapters.factory import build_file_storage, build_vector_store
 from expert_pipeline.partitions import experts
-from expert_pipeline.resources.vector_store import VectorRecord
+from expert_pipeline.adapters.vector_store import VectorRecord
 from expert_pipeline.ingest.work_area import ExpertWorkArea
 from tests.pinecone_standin import API_KEY as PINECONE_KEY
 from tests.pinecone_standin import PineconeStandin

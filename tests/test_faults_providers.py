@@ -23,7 +23,7 @@ from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.models import ExpertFile, ExpertProcessingProgress, FileStatus
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
-from expert_pipeline.parts import build_vector_store
+from expert_pipeline.adapters.factory import build_vector_store
 from status_api.main import create_app
 from tests.fixture_documents import sample_paragraphs
 from tests.openai_standin import API_KEY as OPENAI_KEY

@@ -12,7 +12,7 @@ import numpy as np
 import openai
 import pytest
 
-from expert_pipeline.resources.openai_embedder import (
+from expert_pipeline.adapters.openai_embedder import (
     MAX_INPUT_TOKENS,
     MAX_INPUTS_PER_REQUEST,
     MAX_TOKENS_PER_REQUEST,

@@ -20,14 +20,16 @@ import orjson
 import pinecone
 import pytest
 
-from expert_pipeline.resources.pinecone_vector_store import (
+from expert_pipeline.adapters.pinecone_vector_store import (
     MAX_METADATA_BYTES,
     METADATA_BUDGET_BYTES,
     UPSERT_REQUEST_BUDGET_BYTES,
     PineconeVectorStore,
     plan_upsert_batches,
 )
-from expert_pipeline.resources.vector_store import VectorRecord, vector_id
+from expert_pipeline.adapters.vector_store import VectorRecord, vector_id
+from expert_pipeline.core.ports import VectorStore
+from expert_pipeline.resources.parts import PineconeVectorStoreResource
 from tests.pinecone_standin import API_KEY, DIMENSION, MAX_REQUEST_BYTES, PineconeStandin
 from tests.vector_records import record, unit
 from tests.waiting import wait_for
@@ -368,16 +370,15 @@ def test_works_as_a_dagster_resource(
     monkeypatch.setenv("STANDIN_PINECONE_KEY", API_KEY)
 
     @dg.asset
-    def stored(vector_store: PineconeVectorStore) -> int:
+    def stored(vector_store: dg.ResourceParam[VectorStore]) -> int:
         vector_store.upsert("e1", [record("e1", "f", i, unit(1, i)) for i in range(4)])
         return vector_store.count("e1")
 
-    resource = PineconeVectorStore(
-        api_key=dg.EnvVar("STANDIN_PINECONE_KEY"), index_host=pinecone_standin.url, upsert_batch_size=3
-    )
+    # The secret reaches the adapter from the environment (EnvVar), never as plain config.
+    resource = PineconeVectorStoreResource(api_key=dg.EnvVar("STANDIN_PINECONE_KEY"), index_host=pinecone_standin.url)
     result = dg.materialize([stored], resources={"vector_store": resource})
     assert result.success and result.output_for_node("stored") == 4
-    assert [r.vector_count for r in pinecone_standin.requests_to(UPSERT)] == [3, 1]
+    assert sum(r.vector_count for r in pinecone_standin.requests_to(UPSERT)) == 4
     assert {r.api_key for r in pinecone_standin.requests} == {API_KEY}
 
 

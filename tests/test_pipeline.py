@@ -12,7 +12,7 @@ from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.models import ExpertFile
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
-from expert_pipeline.parts import build_vector_store
+from expert_pipeline.adapters.factory import build_vector_store
 from tests.conftest import SHARED_DIR
 from tests.fixture_documents import (
     make_corrupt_pdf,

@@ -13,8 +13,10 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from expert_pipeline.resources.file_storage import FileMissing, FileTooLarge, StoredFile
-from expert_pipeline.resources.s3_file_storage import S3FileStorage
+from expert_pipeline.adapters.file_storage import FileMissing, FileTooLarge, StoredFile
+from expert_pipeline.adapters.s3_file_storage import S3FileStorage
+from expert_pipeline.core.ports import FileStorage
+from expert_pipeline.resources.parts import S3FileStorageResource
 from tests.s3_server import REGION, FaultProxy
 
 MiB = 1024 * 1024
@@ -237,10 +239,10 @@ def test_works_as_a_dagster_resource_built_from_its_config(
     moto_endpoint: str, s3_bucket: str, s3_client: Any
 ) -> None:
     @dg.asset
-    def stored_notes(file_storage: S3FileStorage) -> int:
+    def stored_notes(file_storage: dg.ResourceParam[FileStorage]) -> int:
         return file_storage.save(KEY, io.BytesIO(b"from a run")).size_bytes
 
-    resource = S3FileStorage(bucket=s3_bucket, prefix="runs", endpoint_url=moto_endpoint, region_name=REGION)
+    resource = S3FileStorageResource(bucket=s3_bucket, prefix="runs", endpoint_url=moto_endpoint, region_name=REGION)
     result = dg.materialize([stored_notes], resources={"file_storage": resource})
 
     assert result.success

@@ -11,7 +11,7 @@ from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
 from expert_pipeline.definitions import build_definitions
-from expert_pipeline.parts import build_resources
+from expert_pipeline.resources.parts import build_resources
 from expert_pipeline.partitions import experts
 from expert_pipeline.automation.dead_runs import dead_run_sensor
 from expert_pipeline.automation.ingest_sensors import (

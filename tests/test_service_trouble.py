@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from expert_pipeline.resources.service_trouble import (
+from expert_pipeline.adapters.service_trouble import (
     NO_ANSWER,
     ServiceUnavailable,
     TroubleEpisodes,

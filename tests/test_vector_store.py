@@ -11,7 +11,7 @@ import pytest
 
 from tests.vector_records import record, unit
 
-from expert_pipeline.resources.vector_store import (
+from expert_pipeline.adapters.vector_store import (
     LanceDBVectorStore,
     VectorRecord,
     VectorStore,

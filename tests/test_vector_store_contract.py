@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from expert_pipeline.resources.vector_store import LanceDBVectorStore, VectorRecord, VectorStore, vector_id
+from expert_pipeline.adapters.vector_store import LanceDBVectorStore, VectorRecord, VectorStore, vector_id
 from tests.vector_records import record, unit
 
 

@@ -41,7 +41,7 @@ from expert_pipeline.core.webhooks import (
     verify_signature,
     verify_webhook,
 )
-from expert_pipeline.parts import build_resources
+from expert_pipeline.resources.parts import build_resources
 from expert_pipeline.automation.notifications import webhook_delivery_sensor
 from tests.conftest import SHARED_DIR, free_port
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from expert_pipeline.resources.vector_store import VectorRecord, vector_id
+from expert_pipeline.adapters.vector_store import VectorRecord, vector_id
 
 DIMENSION = 8
 

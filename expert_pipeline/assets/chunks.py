@@ -2,12 +2,12 @@
 
 import dagster as dg
 
+from expert_pipeline.adapters.embedder import Embedder
 from expert_pipeline.assets.context import stage_run
 from expert_pipeline.assets.text import EXTRACTION_SHARE, expert_text
 from expert_pipeline.core.models import FileStatus, Stage
-from expert_pipeline.partitions import experts
 from expert_pipeline.ingest.progress_plan import overall_percentage
-from expert_pipeline.resources.embedder import Embedder
+from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.progress_reporter import IngestFailed, ProgressReporter

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 
-from expert_pipeline.resources.progress_reporter import ExpertProgress, ProgressReporter
-from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.ingest.work_area import ExpertWorkArea
+from expert_pipeline.resources.ingest_settings import IngestSettings
+from expert_pipeline.resources.progress_reporter import ExpertProgress, ProgressReporter
 
 
 @dataclass

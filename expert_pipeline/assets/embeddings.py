@@ -7,17 +7,17 @@ import time
 import dagster as dg
 import numpy as np
 
+from expert_pipeline.adapters.embedder import Embedder
+from expert_pipeline.adapters.service_trouble import ServiceUnavailable, TroubleEpisodes, TroubleReport
 from expert_pipeline.assets.chunks import expert_chunks
 from expert_pipeline.assets.context import StageRun, stage_run
-from expert_pipeline.core.models import FileStatus, Stage
-from expert_pipeline.partitions import experts
 from expert_pipeline.core.embedding_cache import EmbeddingCache
+from expert_pipeline.core.models import FileStatus, Stage
 from expert_pipeline.ingest.progress_plan import RateEstimator, overall_percentage
-from expert_pipeline.resources.embedder import Embedder
+from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.progress_reporter import IngestFailed, ProgressReporter
-from expert_pipeline.resources.service_trouble import ServiceUnavailable, TroubleEpisodes, TroubleReport
 
 
 @dg.asset(

@@ -2,16 +2,16 @@
 
 import dagster as dg
 
+from expert_pipeline.adapters.file_storage import FileStorage
+from expert_pipeline.adapters.service_trouble import ServiceUnavailable, TroubleEpisodes, TroubleReport
 from expert_pipeline.assets.context import StageRun, stage_run
+from expert_pipeline.automation.run_records import PARENT_RUN_TAG, worker_death
 from expert_pipeline.core.models import FileStatus, Stage
-from expert_pipeline.partitions import experts
 from expert_pipeline.ingest.progress_plan import overall_percentage
+from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
-from expert_pipeline.resources.file_storage import FileStorage
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.progress_reporter import IngestFailed, ProgressReporter
-from expert_pipeline.automation.run_records import PARENT_RUN_TAG, worker_death
-from expert_pipeline.resources.service_trouble import ServiceUnavailable, TroubleEpisodes, TroubleReport
 
 
 @dg.asset(

@@ -9,10 +9,10 @@ import dagster as dg
 
 from expert_pipeline.assets.context import stage_run
 from expert_pipeline.assets.files import expert_files
-from expert_pipeline.core.progress_service import OPERATOR_DETAIL
 from expert_pipeline.core.models import FileStatus, Stage
-from expert_pipeline.partitions import experts
+from expert_pipeline.core.progress_service import OPERATOR_DETAIL
 from expert_pipeline.ingest.progress_plan import overall_percentage
+from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.progress_reporter import ProgressReporter

@@ -2,16 +2,16 @@
 
 import dagster as dg
 
+from expert_pipeline.adapters.embedder import Embedder
+from expert_pipeline.adapters.vector_store import VectorRecord, VectorStore, vector_id
 from expert_pipeline.assets.context import stage_run
 from expert_pipeline.assets.embeddings import expert_embeddings
 from expert_pipeline.core.models import FileStatus, Stage
-from expert_pipeline.partitions import experts
 from expert_pipeline.ingest.progress_plan import overall_percentage
-from expert_pipeline.resources.embedder import Embedder
+from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.progress_reporter import IngestFailed, ProgressReporter
-from expert_pipeline.resources.vector_store import VectorRecord, VectorStore, vector_id
 
 VECTOR_COUNT_CHECK = "vector_count_matches_chunks"
 

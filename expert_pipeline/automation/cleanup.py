@@ -18,15 +18,15 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
+from expert_pipeline.adapters.file_storage import FileStorage
+from expert_pipeline.adapters.vector_store import VectorStore
+from expert_pipeline.core.experts_service import expert_prefix
 from expert_pipeline.core.models import utcnow
+from expert_pipeline.ingest.work_area import ExpertWorkArea
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
-from expert_pipeline.core.experts_service import expert_prefix
-from expert_pipeline.resources.file_storage import FileStorage
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.maintenance_settings import MaintenanceSettings
-from expert_pipeline.resources.vector_store import VectorStore
-from expert_pipeline.ingest.work_area import ExpertWorkArea
 
 
 @dg.op(description="Delete completed progress records (and their events) past retention; failed and cancelled ones after a longer retention.")

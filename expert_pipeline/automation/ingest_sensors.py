@@ -4,9 +4,6 @@ import time
 
 import dagster as dg
 
-from expert_pipeline.core.models import ExpertProcessingProgress, Status
-from expert_pipeline.core.pipeline_health import BEAT_INTERVAL_SECONDS
-from expert_pipeline.core.progress_service import owned_by
 from expert_pipeline.automation.run_records import (
     PARENT_RUN_TAG,
     PARTITION_TAG,
@@ -14,6 +11,9 @@ from expert_pipeline.automation.run_records import (
     run_key_for,
     worker_death,
 )
+from expert_pipeline.core.models import ExpertProcessingProgress, Status
+from expert_pipeline.core.pipeline_health import BEAT_INTERVAL_SECONDS
+from expert_pipeline.core.progress_service import owned_by
 from expert_pipeline.jobs import ingest_job
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog

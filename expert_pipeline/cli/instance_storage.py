@@ -14,7 +14,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-
 _SHARED_DATABASES = frozenset({"runs.db", "index.db", "schedules.db"})
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import psutil
 
-from expert_pipeline.core.db import migrate
-from expert_pipeline.core.settings import get_settings
+from expert_pipeline.adapters.factory import describe_parts
 from expert_pipeline.cli.console import ExpertWatcher, relay, say
 from expert_pipeline.cli.instance_storage import InstanceStorageError, prepare_instance
-from expert_pipeline.parts import describe_parts
+from expert_pipeline.core.db import migrate
+from expert_pipeline.core.settings import get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

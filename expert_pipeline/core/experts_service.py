@@ -13,12 +13,19 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from expert_pipeline.core.models import ACTIVE_STATUSES, Expert, ExpertFile, ExpertProcessingProgress, FileStatus
+from expert_pipeline.core.models import (
+    ACTIVE_STATUSES,
+    Expert,
+    ExpertFile,
+    ExpertProcessingProgress,
+    FileStatus,
+)
+from expert_pipeline.core.ports import FileStorage
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 
 MAX_FILENAME_CHARS = 180
@@ -43,15 +50,6 @@ class UploadRejected(ValueError):
         self.status_code = status_code
 
 
-class StoredFileInfo(Protocol):
-    key: str
-    size_bytes: int
-    sha256: str
-
-
-class ExpertFileStorage(Protocol):
-    def save(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> StoredFileInfo: ...
-    def delete_prefix(self, prefix: str) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ def validate_request(
 
 
 def _store_files(
-    storage: ExpertFileStorage, expert_id: str, uploads: Sequence[Upload], limits: UploadLimits
+    storage: FileStorage, expert_id: str, uploads: Sequence[Upload], limits: UploadLimits
 ) -> list[ExpertFile]:
     """Store every upload, or none: on any failure the files stored so far are removed."""
     rows: list[ExpertFile] = []
@@ -167,14 +165,14 @@ def _store_files(
     return rows
 
 
-def remove_stored(storage: ExpertFileStorage, expert_id: str, rows: Sequence[ExpertFile]) -> None:
+def remove_stored(storage: FileStorage, expert_id: str, rows: Sequence[ExpertFile]) -> None:
     for row in rows:
         storage.delete_prefix(f"{expert_prefix(expert_id)}{row.id}/")
 
 
 def create_expert(
     db: Session,
-    storage: ExpertFileStorage,
+    storage: FileStorage,
     *,
     name: str,
     uploads: Sequence[Upload],
@@ -202,7 +200,7 @@ def create_expert(
 
 
 def add_files(
-    db: Session, storage: ExpertFileStorage, expert: Expert, *, uploads: Sequence[Upload], limits: UploadLimits
+    db: Session, storage: FileStorage, expert: Expert, *, uploads: Sequence[Upload], limits: UploadLimits
 ) -> list[ExpertFile]:
     """Store more files for an existing expert; the caller queues the expert again."""
     validate_request(expert.name, uploads, limits)

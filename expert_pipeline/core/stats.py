@@ -10,7 +10,14 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from expert_pipeline.core.models import ExpertFile, ExpertProcessingProgress, FileStatus, ProgressEvent, Stage, Status
+from expert_pipeline.core.models import (
+    ExpertFile,
+    ExpertProcessingProgress,
+    FileStatus,
+    ProgressEvent,
+    Stage,
+    Status,
+)
 
 WORK_STAGES = [Stage.FILE_PROCESSING, Stage.TEXT_EXTRACTION, Stage.EMBEDDING, Stage.PINECONE_STORAGE]
 

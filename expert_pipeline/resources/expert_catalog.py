@@ -11,14 +11,20 @@ from pydantic import PrivateAttr
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
+from expert_pipeline.core import maintenance
 from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.db_retry import call_with_db_retry
-from expert_pipeline.core import maintenance
-from expert_pipeline.core.models import Expert, ExpertFile, ExpertProcessingProgress, FileStatus, Stage, Status
+from expert_pipeline.core.models import (
+    Expert,
+    ExpertFile,
+    ExpertProcessingProgress,
+    FileStatus,
+    Stage,
+    Status,
+)
 from expert_pipeline.core.pipeline_health import record_beat
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.stats import recent_stage_seconds
-
 
 T = TypeVar("T")
 

@@ -23,7 +23,6 @@ from expert_pipeline.core.db_retry import call_with_db_retry
 from expert_pipeline.core.models import Stage, Status
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService, RunNotWanted
 
-
 T = TypeVar("T")
 
 

@@ -26,7 +26,8 @@ from urllib.parse import parse_qsl, urlsplit
 import anyio.to_thread
 from fastapi import HTTPException
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send

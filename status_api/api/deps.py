@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Protocol
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from expert_pipeline.core import auth
+from expert_pipeline.core import auth, experts_service
 from expert_pipeline.core.auth import LOCAL_PRINCIPAL, Principal
-from expert_pipeline.core import experts_service
-from expert_pipeline.core.experts_service import ExpertFileStorage
 from expert_pipeline.core.models import Expert
+from expert_pipeline.core.ports import FileStorage, VectorStore
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
 from status_api.api.answers import expert_not_found, progress_not_found
-
-class VectorStoreLike(Protocol):
-    def delete_namespace(self, namespace: str) -> None: ...
-
 
 # Ids are opaque but bounded: letters, digits and a few separators, as in the spec's examples
 # ("expert-uuid", "expert-123"). Anything else is a client error, not a lookup.
@@ -79,22 +74,22 @@ def _part(request: Request, role: str) -> object:
     pull in the pipeline's libraries, which the progress endpoints do not need)."""
     parts = request.app.state.__dict__.setdefault("parts", {})
     if role not in parts:
-        from expert_pipeline import parts as builders
+        from expert_pipeline.adapters import factory as builders
 
         parts[role] = getattr(builders, f"build_{role}")(request.app.state.settings)
     return parts[role]
 
 
-def get_file_storage(request: Request) -> ExpertFileStorage:
+def get_file_storage(request: Request) -> FileStorage:
     return _part(request, "file_storage")  # type: ignore[return-value]
 
 
-def get_vector_store(request: Request) -> VectorStoreLike:
+def get_vector_store(request: Request) -> VectorStore:
     return _part(request, "vector_store")  # type: ignore[return-value]
 
 
-FileStorageDep = Annotated[ExpertFileStorage, Depends(get_file_storage)]
-VectorStoreDep = Annotated[VectorStoreLike, Depends(get_vector_store)]
+FileStorageDep = Annotated[FileStorage, Depends(get_file_storage)]
+VectorStoreDep = Annotated[VectorStore, Depends(get_vector_store)]
 
 
 # -- authentication ----------------------------------------------------------------------------

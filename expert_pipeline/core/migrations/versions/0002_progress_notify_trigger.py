@@ -12,7 +12,6 @@ Create Date: 2026-11-24 11:00:00
 """
 from alembic import op
 
-
 revision = "0002"
 down_revision = "0001"
 branch_labels = None

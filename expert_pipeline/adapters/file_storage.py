@@ -7,46 +7,19 @@ import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, Protocol
+from typing import BinaryIO
 
-import dagster as dg
+from pydantic import BaseModel
+
+from expert_pipeline.core.ports import FileMissing, FileStorage, FileTooLarge, StoredFile
+
+__all__ = ["FileMissing", "FileStorage", "FileTooLarge", "LocalFileStorage", "StoredFile"]
 
 
 _CHUNK = 1024 * 1024
 
 
-class StoredFile(NamedTuple):
-    key: str
-    size_bytes: int
-    sha256: str
-
-
-class FileTooLarge(ValueError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"file is larger than the limit of {limit} bytes")
-        self.limit = limit
-
-
-class FileMissing(FileNotFoundError):
-    pass
-
-
-class FileStorage(Protocol):
-    def save(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> StoredFile: ...
-    def fetch(self, key: str, destination: Path) -> int: ...
-    def delete_prefix(self, prefix: str) -> int: ...
-    def list_folders(self, prefix: str) -> list[str]:
-        """The names of the "folders" directly below `prefix` (e.g. expert ids under "experts/")."""
-        ...
-    def modified_at(self, prefix: str) -> datetime | None:
-        """When anything below the folder `prefix` last changed (UTC); None if nothing is there."""
-        ...
-    def take_trouble(self) -> dict[int, int]:
-        """Answers a remote store gave that its SDK retried (status -> count) since the last call."""
-        ...
-
-
-class LocalFileStorage(dg.ConfigurableResource):
+class LocalFileStorage(BaseModel, frozen=True):
     """Files under a local directory; keys are relative paths below it."""
 
     root: str

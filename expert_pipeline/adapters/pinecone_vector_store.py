@@ -44,11 +44,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import dagster as dg
 import orjson  # a dependency of pinecone>=10; the encoder its HTTP client sends bodies with
-from pydantic import PrivateAttr
+from pydantic import BaseModel, PrivateAttr
 
-from expert_pipeline.resources.vector_store import MetadataValue, VectorMatch, VectorRecord
+from expert_pipeline.core.ports import MetadataValue, VectorMatch, VectorRecord
 
 if TYPE_CHECKING:
     from pinecone import Index, Pinecone
@@ -89,7 +88,7 @@ _INTEGER_FIELDS = frozenset({"page", "chunk_index"})
 _CLIENT_LOCK = threading.Lock()
 
 
-class PineconeVectorStore(dg.ConfigurableResource):
+class PineconeVectorStore(BaseModel, frozen=True):
     """A Pinecone index as the pipeline's `VectorStore`; each expert is one namespace.
 
     `index_host` is the index's data-plane host, e.g. "my-index-abc123.svc.aped-4627-b74a.pinecone.io"
@@ -250,9 +249,6 @@ class PineconeVectorStore(dg.ConfigurableResource):
             index.close()
         if client is not None:
             client.close()
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self.close()
 
     def _batch_size(self) -> int:
         if not 1 <= self.upsert_batch_size <= MAX_RECORDS_PER_UPSERT:

@@ -11,61 +11,21 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import dagster as dg
 import numpy as np
 import pyarrow as pa
-from pydantic import PrivateAttr
+from pydantic import BaseModel, PrivateAttr
+
+from expert_pipeline.core.ports import MetadataValue, VectorMatch, VectorRecord, VectorStore
+
+__all__ = ["LanceDBVectorStore", "MetadataValue", "VectorMatch", "VectorRecord", "VectorStore", "vector_id"]
 
 if TYPE_CHECKING:
     from lancedb.db import DBConnection
     from lancedb.table import Table
-
-
-MetadataValue = str | int | float
-
-
-@dataclass(frozen=True)
-class VectorRecord:
-    id: str
-    values: list[float]
-    metadata: dict[str, MetadataValue]
-
-
-@dataclass(frozen=True)
-class VectorMatch:
-    id: str
-    score: float
-    """Cosine similarity: 1 for the same direction, higher is closer."""
-    metadata: dict[str, MetadataValue]
-
-
-class VectorStore(Protocol):
-    def upsert(self, namespace: str, records: Sequence[VectorRecord]) -> int:
-        """Insert or replace records by id; the number of records written."""
-        ...
-
-    def count(self, namespace: str) -> int: ...
-
-    def query(self, namespace: str, vector: Sequence[float], top_k: int = 5) -> list[VectorMatch]:
-        """The `top_k` nearest records by cosine similarity, best first."""
-        ...
-
-    def delete_namespace(self, namespace: str) -> None: ...
-
-    def delete_ids(self, namespace: str, ids: Sequence[str]) -> None: ...
-
-    def list_namespaces(self) -> list[str]:
-        """Every namespace this store holds (for the cleanup of ones no expert owns)."""
-        ...
-
-    def modified_at(self, namespace: str) -> datetime | None:
-        """When `namespace` was last written (UTC); None if the store cannot tell or it is gone."""
-        ...
 
 
 def vector_id(expert_id: str, file_id: str, chunk_index: int) -> str:
@@ -192,7 +152,7 @@ def _to_arrow(records: Sequence[VectorRecord]) -> pa.Table:
     )
 
 
-class LanceDBVectorStore(dg.ConfigurableResource):
+class LanceDBVectorStore(BaseModel, frozen=True):
     """Embedded LanceDB on local disk: one table per namespace under `uri`.
 
     Writes are transactional per table (Lance commits a new version atomically), and different
