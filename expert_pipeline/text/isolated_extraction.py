@@ -15,6 +15,8 @@ the parsers take about 80 MB.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import resource
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -35,6 +37,9 @@ class ExtractionLimits:
     memory_mb: int
 
 
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
 @dataclass(frozen=True)
 class Extracted:
     pages: int
@@ -42,6 +47,10 @@ class Extracted:
 
 
 def _cap_memory(memory_mb: int) -> None:
+    # One malloc arena: each extra thread's arena reserves 64 MB of address space, which would
+    # make the cap bite earlier or later depending on how threads happened to allocate.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 1)
     limit = memory_mb * 1024 * 1024
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
