@@ -361,3 +361,59 @@ def test_a_run_that_goes_quiet_is_pushed_as_stalled_and_back(settings: Settings)
                 assert alive["stalled"] is False and alive["updated_at"] == first["updated_at"]
 
         asyncio.run(scenario())
+
+
+def test_a_client_that_disconnects_mid_stream_leaves_no_subscriber_behind(
+    live_api: LiveServer, settings: Settings
+) -> None:
+    write(settings, "create_progress_record", expert_id="expert-gone", total_files=1)
+    broadcaster = broadcaster_of(live_api)
+    host, port = live_api.url.removeprefix("http://").split(":")
+
+    async def raw_stream(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A bare socket client: the request, the head and the first event, then nothing."""
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert b"event: progress" in await asyncio.wait_for(reader.readuntil(b"event: progress"), 10)
+        return reader, writer
+
+    async def scenario() -> None:
+        async with client_for(live_api) as client:
+            async with sse(client, "/api/experts/progress/stream") as staying:
+                assert (await staying.progress())["expert_id"] == "expert-gone"
+                assert broadcaster.subscriber_count == 1
+
+                # Clients that go away while the stream is idle (nothing to send): one expert's
+                # stream and the all-experts stream, over httpx and over a bare socket.
+                for path in ("/api/experts/expert-gone/progress/stream", "/api/experts/progress/stream"):
+                    async with sse(client, path) as leaving:
+                        assert (await leaving.progress())["expert_id"] == "expert-gone"
+                        assert broadcaster.subscriber_count == 2
+                    await wait_until(lambda: broadcaster.subscriber_count == 1)
+
+                    _reader, writer = await raw_stream(path)
+                    assert broadcaster.subscriber_count == 2
+                    writer.close()  # the socket closes without a word
+                    await wait_until(lambda: broadcaster.subscriber_count == 1)
+                    assert broadcaster.stats.subscribers == 1
+
+                # A client that goes away while changes are flowing to it.
+                _reader, writer = await raw_stream("/api/experts/expert-gone/progress/stream")
+                for percentage in (10, 20):
+                    await awrite(settings, "update_progress", expert_id="expert-gone", stage="embedding",
+                                 progress_percentage=percentage)
+                    assert (await staying.progress(timeout=5))["progress_percentage"] == percentage
+                writer.close()
+                await wait_until(lambda: broadcaster.subscriber_count == 1)
+
+                # The one who stayed still hears every change.
+                await awrite(settings, "update_progress", expert_id="expert-gone", stage="embedding",
+                             progress_percentage=30)
+                assert (await staying.progress(timeout=5))["progress_percentage"] == 30
+            # The last one gone: nothing left, and the database reader stops.
+            await wait_until(lambda: broadcaster.subscriber_count == 0 and not broadcaster.running)
+            assert broadcaster.stats.subscribers == 0
+
+    asyncio.run(scenario())
