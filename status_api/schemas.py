@@ -132,7 +132,12 @@ class ExpertListResponse(BaseModel):
 class ChatRequest(BaseModel):
     model_config = ConfigDict(str_strip_whitespace=True)
 
-    message: str = Field(min_length=1, max_length=2000, description="The question, 1 to 2000 characters")
+    # Surrounding whitespace is stripped before the length is checked: a message needs a visible
+    # character (documented as a pattern; validation keeps its own words).
+    message: str = Field(
+        min_length=1, max_length=2000, description="The question, 1 to 2000 characters",
+        json_schema_extra={"pattern": r"\S"},
+    )
 
 
 class ChatSource(BaseModel):

@@ -146,3 +146,77 @@ def test_delete_removes_expert_files_and_progress(http: httpx.Client, pdf_bytes:
     assert http.get(f"/api/experts/{expert_id}/progress").status_code == 404
     assert not (settings.files_dir / "experts" / expert_id).exists()
     assert http.delete(f"/api/experts/{expert_id}").status_code == 404
+
+
+# -- the OpenAPI document says what the server accepts and answers -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("OPTIONS", "/api/experts", "GET, POST"),
+        ("PUT", "/api/experts/expert-123", "GET, DELETE"),
+        ("PATCH", "/api/experts/expert-123/progress", "GET, DELETE"),
+        ("GET", "/api/experts/expert-123/cancel", "POST"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+def test_method_not_allowed_lists_every_method_of_the_path(
+    http: httpx.Client, method: str, path: str, allow: str
+) -> None:
+    response = http.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.json() == {"success": False, "error": "Method Not Allowed"}
+    documented = {m.upper() for m in http.get("/openapi.json").json()["paths"][_template(path)]}
+    assert set(allow.split(", ")) == documented
+
+
+def _template(path: str) -> str:
+    return path.replace("expert-123", "{expert_id}")
+
+
+def _body_schema(document: dict, path: str) -> dict:
+    ref = document["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    return document["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+
+
+def test_upload_forms_document_what_the_server_requires(http: httpx.Client) -> None:
+    import re
+
+    document = http.get("/openapi.json").json()
+    create = _body_schema(document, "/api/experts")
+    add = _body_schema(document, "/api/experts/{expert_id}/files")
+    assert set(create["required"]) == {"name", "files"} and add["required"] == ["files"]
+    assert create["properties"]["name"]["minLength"] == 1
+    assert create["properties"]["files"]["minItems"] == 1 and add["properties"]["files"]["minItems"] == 1
+    for path in ("/api/experts", "/api/experts/{expert_id}/files"):
+        operation = document["paths"][path]["post"]
+        assert {"400", "413", "415", "422"} <= set(operation["responses"])
+        disposition = operation["requestBody"]["content"]["multipart/form-data"]["encoding"]["files"]["headers"][
+            "Content-Disposition"
+        ]
+        assert re.search(disposition["schema"]["pattern"], disposition["example"])
+        assert re.search(disposition["schema"]["pattern"], 'form-data; name="files"; filename="A.PDF"')
+        assert not re.search(disposition["schema"]["pattern"], 'form-data; name="files"; filename="virus.exe"')
+    # The documented name pattern accepts exactly the names the server accepts.
+    pattern = create["properties"]["name"]["pattern"]
+    upload = [("files", ("a.txt", b"abc", "text/plain"))]
+    for name in ("Tax adviser", " padded ", "Zoë 東京 👩\u200d⚖️", "   ", "\u3000", "Tax\x00adviser", "a\u202eb"):
+        accepted = http.post("/api/experts", data={"name": name}, files=upload).status_code == 201
+        assert accepted == bool(re.search(pattern, name)), repr(name)
+
+
+def test_gate_and_stream_answers_are_documented_as_json(http: httpx.Client) -> None:
+    document = http.get("/openapi.json").json()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            if path.startswith("/api/") and path != "/api/meta/labels":
+                assert {"401", "403", "503"} <= set(responses), (method, path)
+            for status, answer in responses.items():
+                if status.startswith(("4", "5")):  # errors are JSON, the live streams' included
+                    assert list(answer["content"]) == ["application/json"], (method, path, status)
+    stream = document["paths"]["/api/experts/{expert_id}/progress/stream"]["get"]["responses"]
+    event = stream["200"]["content"]["text/event-stream"]["schema"]
+    assert {"progress", "resync"} == set(event["properties"]["event"]["enum"])
