@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.threaded_server import ThreadedServer
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from expert_pipeline.adapters.openai.embedder import OpenAIEmbedder
+from tests.threaded_server import ThreadedServer
 
 API_KEY = "test-key"
 NATIVE_DIMENSIONS = {

@@ -17,16 +17,17 @@ from email.message import EmailMessage
 import dagster as dg
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session as SmtpSession
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
+from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from expert_pipeline.automation.notifications import webhook_delivery_sensor
 from expert_pipeline.core.models import ApiToken, Expert, WebhookDelivery, utcnow
+from expert_pipeline.core.notifications.delivery import deliver_due
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings, get_settings
-from expert_pipeline.core.webhooks import deliver_due
 from expert_pipeline.resources.parts import build_resources
-from expert_pipeline.automation.notifications import webhook_delivery_sensor
 from tests.conftest import free_port
 
 SMTP_USER, SMTP_PASSWORD = "mailer", "s3cret-pw"

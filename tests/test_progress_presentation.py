@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from expert_pipeline.cli.ingest import render_bar
 from expert_pipeline.core import auth
 from expert_pipeline.core.models import Stage, Status
+from expert_pipeline.core.notifications.payload import build_event
 from expert_pipeline.core.progress_public import (
     EXTRA_FIELDS,
     SPEC_FIELDS,
@@ -24,7 +25,6 @@ from expert_pipeline.core.progress_public import (
 )
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
-from expert_pipeline.core.webhooks import build_event
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_EXAMPLE = json.loads((Path(__file__).parent / "data" / "spec_progress_example.json").read_text())

@@ -22,27 +22,25 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, select
 from sqlalchemy.orm import Session
 
+from expert_pipeline.automation.notifications import webhook_delivery_sensor
 from expert_pipeline.core.db import alembic_config, engine_for, migrate
 from expert_pipeline.core.models import Base, WebhookDelivery, utcnow
-from expert_pipeline.core.progress_public import SPEC_FIELDS, ProgressRecord
-from expert_pipeline.core.progress_service import ExpertProcessingProgressService
-from expert_pipeline.core.settings import Settings, get_settings
-from expert_pipeline.core.webhooks import (
+from expert_pipeline.core.notifications.delivery import EVENT_HEADER, deliver_due
+from expert_pipeline.core.notifications.outbox import backoff_seconds, enqueue_finished
+from expert_pipeline.core.notifications.payload import encode_body
+from expert_pipeline.core.notifications.signing import (
     DELIVERY_HEADER,
-    EVENT_HEADER,
     SIGNATURE_HEADER,
     ReplayGuard,
     WebhookRejected,
-    backoff_seconds,
-    deliver_due,
-    encode_body,
-    enqueue_finished,
     sign,
     verify_signature,
     verify_webhook,
 )
+from expert_pipeline.core.progress_public import SPEC_FIELDS, ProgressRecord
+from expert_pipeline.core.progress_service import ExpertProcessingProgressService
+from expert_pipeline.core.settings import Settings, get_settings
 from expert_pipeline.resources.parts import build_resources
-from expert_pipeline.automation.notifications import webhook_delivery_sensor
 from tests.conftest import SHARED_DIR, free_port
 
 SECRET = "whsec_test_3f9a"

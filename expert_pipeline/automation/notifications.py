@@ -1,4 +1,4 @@
-"""Sends due webhook deliveries and notification mail from the outbox (expert_pipeline/core/webhooks.py).
+"""Sends due webhook deliveries and notification mail from the outbox (expert_pipeline/core/notifications/).
 
 Starts no runs. Mail rows (url `mailto:...`) go out through SMTP_URL with the same retries.
 
@@ -9,8 +9,9 @@ import time
 
 import dagster as dg
 
+from expert_pipeline.core.notifications.delivery import deliver_due
+from expert_pipeline.core.notifications.outbox import DeliveryReport
 from expert_pipeline.core.settings import get_settings
-from expert_pipeline.core.webhooks import DeliveryReport, deliver_due
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 
 # One tick sends batches while rows are due, but starts no new batch after this budget, so a

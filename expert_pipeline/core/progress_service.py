@@ -33,8 +33,8 @@ from expert_pipeline.core.models import (
     Status,
     utcnow,
 )
+from expert_pipeline.core.notifications.outbox import enqueue_finished
 from expert_pipeline.core.progress_public import stage_label
-from expert_pipeline.core.webhooks import enqueue_finished
 
 # The key of an event's data that holds raw detail (exception text, storage keys): shown to
 # operators (and in the Dagster UI), left out of what other users get.

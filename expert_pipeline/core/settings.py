@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     # live in the vector store and are not affected.
     embedding_cache_retention_days: float = 180.0
 
-    # Signed webhooks on completed / failed / cancelled (expert_pipeline/core/webhooks.py).
+    # Signed webhooks on completed / failed / cancelled (expert_pipeline/core/notifications/).
     # WEBHOOK_URLS is comma-separated; empty means webhooks are off. NoDecode: pydantic-settings
     # would otherwise parse a list-typed variable as JSON.
     webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)

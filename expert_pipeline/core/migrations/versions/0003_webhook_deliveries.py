@@ -1,7 +1,7 @@
 """webhook outbox: one row per (event, URL) for expert.completed / expert.failed / expert.cancelled
 
 Rows are written in the same transaction as the progress row's terminal state (a transactional
-outbox), and sent later by the `webhook_delivery_sensor` (expert_pipeline/core/webhooks.py).
+outbox), and sent later by the `webhook_delivery_sensor` (expert_pipeline/core/notifications/).
 
 Revision ID: 0003
 Revises: 0002
