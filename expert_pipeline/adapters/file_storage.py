@@ -19,7 +19,7 @@ __all__ = ["FileMissing", "FileStorage", "FileTooLarge", "LocalFileStorage", "St
 _CHUNK = 1024 * 1024
 
 
-class LocalFileStorage(BaseModel, frozen=True):
+class LocalFileStorage(BaseModel):
     """Files under a local directory; keys are relative paths below it."""
 
     root: str

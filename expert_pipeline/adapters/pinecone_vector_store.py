@@ -88,7 +88,7 @@ _INTEGER_FIELDS = frozenset({"page", "chunk_index"})
 _CLIENT_LOCK = threading.Lock()
 
 
-class PineconeVectorStore(BaseModel, frozen=True):
+class PineconeVectorStore(BaseModel):
     """A Pinecone index as the pipeline's `VectorStore`; each expert is one namespace.
 
     `index_host` is the index's data-plane host, e.g. "my-index-abc123.svc.aped-4627-b74a.pinecone.io"

@@ -57,7 +57,7 @@ _THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", 
                                "TooManyRequestsException", "RequestThrottled"})
 
 
-class S3FileStorage(BaseModel, frozen=True):
+class S3FileStorage(BaseModel):
     """Files in an S3 bucket; keys are stored under `prefix` (normalised to end with "/").
 
     Keys must be plain relative paths ("a/b/c": no empty, "." or ".." parts), else ValueError,

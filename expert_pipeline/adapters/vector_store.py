@@ -24,7 +24,7 @@ from expert_pipeline.core.ports import MetadataValue, VectorMatch, VectorRecord,
 __all__ = ["LanceDBVectorStore", "MetadataValue", "VectorMatch", "VectorRecord", "VectorStore", "vector_id"]
 
 if TYPE_CHECKING:
-    from lancedb.db import DBConnection
+    from lancedb.db import LanceDBConnection
     from lancedb.table import Table
 
 
@@ -152,7 +152,7 @@ def _to_arrow(records: Sequence[VectorRecord]) -> pa.Table:
     )
 
 
-class LanceDBVectorStore(BaseModel, frozen=True):
+class LanceDBVectorStore(BaseModel):
     """Embedded LanceDB on local disk: one table per namespace under `uri`.
 
     Writes are transactional per table (Lance commits a new version atomically), and different
@@ -162,10 +162,10 @@ class LanceDBVectorStore(BaseModel, frozen=True):
 
     uri: str
 
-    _connection: DBConnection | None = PrivateAttr(default=None)
+    _connection: LanceDBConnection | None = PrivateAttr(default=None)
 
     @property
-    def connection(self) -> DBConnection:
+    def connection(self) -> LanceDBConnection:
         if self._connection is None:
             with _CONNECT_LOCK:
                 if self._connection is None:
@@ -175,7 +175,10 @@ class LanceDBVectorStore(BaseModel, frozen=True):
                     # the same tables; checking for newer versions on every read (a cheap
                     # manifest check on local disk) keeps count() exact right after another
                     # process's upsert. The default (never re-check) would serve stale counts.
-                    self._connection = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
+                    connection = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
+                    # A local path always gives the embedded connection (typed as the base class).
+                    assert isinstance(connection, lancedb.db.LanceDBConnection)
+                    self._connection = connection
         return self._connection
 
     def _open(self, namespace: str) -> Table | None:
@@ -240,9 +243,12 @@ class LanceDBVectorStore(BaseModel, frozen=True):
         # for speed that is not needed at this size.
         # "_distance" is selected explicitly: lancedb 0.40 still adds it to a projection on its
         # own but warns that it will stop doing so.
+        from lancedb.query import LanceVectorQueryBuilder
+
+        search = table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
+        assert isinstance(search, LanceVectorQueryBuilder)  # a vector in, a vector query out
         rows = (
-            table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
-            .distance_type("cosine")
+            search.distance_type("cosine")
             .select(["id", *METADATA_FIELDS, "_distance"])
             .limit(top_k)
             .to_list()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -23,7 +24,7 @@ class StageRun:
     def seconds(self) -> float:
         return round(time.perf_counter() - self.started, 3)
 
-    def metadata(self, **values: object) -> dict[str, object]:
+    def metadata(self, **values: Any) -> dict[str, Any]:
         """Materialization metadata every stage reports, plus its own figures."""
         return {
             **values,

@@ -54,6 +54,7 @@ def expert_text(
             )
             source = run.work.fetched_path(item.id, item.filename)
             detail: str | None = None
+            kind: str
             try:
                 extracted = extractor.extract(item.id, source, item.filename)
             except ExtractionError as exc:

@@ -15,6 +15,8 @@ anything else keeps whatever is not ours.
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
 
 import dagster as dg
 
@@ -23,7 +25,7 @@ from expert_pipeline.adapters.vector_store import VectorStore
 from expert_pipeline.core.experts_service import expert_prefix
 from expert_pipeline.core.models import utcnow
 from expert_pipeline.ingest.work_area import ExpertWorkArea
-from expert_pipeline.partitions import experts
+from expert_pipeline.partitions import EXPERTS, experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.maintenance_settings import MaintenanceSettings
@@ -51,14 +53,14 @@ def remove_deleted_experts(
     vector_store: dg.ResourceParam[VectorStore],
     ingest_settings: IngestSettings,
 ) -> int:
-    partitions = set(context.instance.get_dynamic_partitions(experts.name))
+    partitions = set(context.instance.get_dynamic_partitions(EXPERTS))
     existing = catalog.existing_experts(partitions)
     gone = sorted(partitions - existing)
     for expert_id in gone:
         file_storage.delete_prefix(expert_prefix(expert_id))
         vector_store.delete_namespace(expert_id)
-        ExpertWorkArea(ingest_settings.work_dir, expert_id).remove()
-        context.instance.delete_dynamic_partition(experts.name, expert_id)
+        ExpertWorkArea(Path(ingest_settings.work_dir), expert_id).remove()
+        context.instance.delete_dynamic_partition(EXPERTS, expert_id)
     context.log.info(f"Removed what {len(gone)} deleted experts left behind")
     return len(gone)
 
@@ -113,15 +115,14 @@ def remove_orphaned_data(
 
     for expert_id in sorted(folders - owned):
         prefix = expert_prefix(expert_id)
-        remove("files", expert_id, lambda p=prefix: file_storage.modified_at(p),
-               lambda p=prefix: file_storage.delete_prefix(p))
+        remove("files", expert_id, partial(file_storage.modified_at, prefix), partial(file_storage.delete_prefix, prefix))
 
     def drop(namespace: str) -> int:
         vector_store.delete_namespace(namespace)
         return 1
 
     for expert_id in sorted(namespaces - owned):
-        remove("vectors", expert_id, lambda n=expert_id: vector_store.modified_at(n), lambda n=expert_id: drop(n))
+        remove("vectors", expert_id, partial(vector_store.modified_at, expert_id), partial(drop, expert_id))
 
     context.add_output_metadata({name: dg.MetadataValue.int(value) for name, value in counts.items()})
     context.log.info(

@@ -15,7 +15,7 @@ from expert_pipeline.core.models import ExpertProcessingProgress, Status
 from expert_pipeline.core.pipeline_health import BEAT_INTERVAL_SECONDS
 from expert_pipeline.core.progress_service import owned_by
 from expert_pipeline.jobs import ingest_job
-from expert_pipeline.partitions import experts
+from expert_pipeline.partitions import EXPERTS, experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 
 
@@ -28,7 +28,7 @@ from expert_pipeline.resources.expert_catalog import ExpertCatalog
 def pending_experts_sensor(context: dg.SensorEvaluationContext, catalog: ExpertCatalog) -> dg.SensorResult:
     cursor = _beat_if_due(context, catalog)
     pending = catalog.pending_requests(limit=100)
-    known = set(context.instance.get_dynamic_partitions(experts.name))
+    known = set(context.instance.get_dynamic_partitions(EXPERTS))
     new_keys = sorted({r.expert_id for r in pending} - known)
     return dg.SensorResult(
         run_requests=[

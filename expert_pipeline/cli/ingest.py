@@ -45,7 +45,7 @@ def render_bar(record: ExpertProcessingProgress, width: int = 30) -> str:
 def ingest_files(name: str, paths: Sequence[str], agent_id: str | None = None, verbose: bool = False) -> int:
     from expert_pipeline.adapters.factory import build_file_storage
     from expert_pipeline.definitions import build_definitions
-    from expert_pipeline.partitions import experts
+    from expert_pipeline.partitions import EXPERTS, experts
 
     settings = get_settings()
     settings.ensure_dirs()
@@ -72,7 +72,7 @@ def ingest_files(name: str, paths: Sequence[str], agent_id: str | None = None, v
     print(f"expert {expert.id} ({name}): {len(paths)} file(s)")
 
     instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(experts.name, [expert.id])
+    instance.add_dynamic_partitions(EXPERTS, [expert.id])
     job = build_definitions(settings).resolve_job_def("ingest_expert")
     outcome: dict[str, bool] = {}
     worker = threading.Thread(

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, delete, or_, select
 from sqlalchemy.orm import Session
 
+from expert_pipeline.core.db import rows_affected
 from expert_pipeline.core.models import ApiToken, Expert, StreamTicket, utcnow
 
 TOKEN_PREFIX = "ep_"
@@ -186,7 +187,7 @@ def redeem_stream_ticket(db: Session, ticket: str) -> Principal:
     row = db.get(StreamTicket, digest) if ticket else None
     if row is None:
         raise Refused(BAD_TICKET)
-    deleted = db.execute(delete(StreamTicket).where(StreamTicket.ticket_sha256 == digest)).rowcount
+    deleted = rows_affected(db, delete(StreamTicket).where(StreamTicket.ticket_sha256 == digest))
     db.commit()
     now = utcnow()
     if deleted != 1 or row.expires_at <= now:
@@ -217,7 +218,7 @@ def list_tokens(db: Session) -> list[ApiToken]:
     return list(db.scalars(select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)))
 
 
-def visible_expert_ids(principal: Principal) -> Select[tuple[str]] | None:
+def visible_expert_ids(principal: Principal) -> Select[str] | None:
     """A subquery of the expert ids the principal may see; None means every expert."""
     if principal.operator:
         return None

@@ -6,11 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -40,6 +42,13 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def rows_affected(session: Session, statement: Executable) -> int:
+    """Execute an UPDATE/DELETE and say how many rows it touched (a DML statement's result is a
+    CursorResult, which the generic Result type does not show)."""
+    result = session.execute(statement)
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
 @lru_cache(maxsize=8)

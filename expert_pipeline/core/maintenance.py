@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
+from expert_pipeline.core.db import rows_affected
 from expert_pipeline.core.models import (
     EmbeddingCacheEntry,
     Expert,
@@ -54,12 +55,13 @@ def existing_experts(session: Session, expert_ids: Iterable[str]) -> set[str]:
 def prune_outbox_and_cache(session: Session, deliveries_before: datetime, cache_before: datetime) -> dict[str, int]:
     """Finished deliveries and old cached embeddings go; pending deliveries are still owed."""
     D = WebhookDelivery
-    deliveries = session.execute(
+    deliveries = rows_affected(
+        session,
         delete(D).where(
             D.status.in_([WebhookDeliveryStatus.DELIVERED, WebhookDeliveryStatus.FAILED]),
             D.next_attempt_at < deliveries_before,
-        )
-    ).rowcount
-    cached = session.execute(delete(EmbeddingCacheEntry).where(EmbeddingCacheEntry.created_at < cache_before)).rowcount
+        ),
+    )
+    cached = rows_affected(session, delete(EmbeddingCacheEntry).where(EmbeddingCacheEntry.created_at < cache_before))
     session.commit()
-    return {"webhook_deliveries": int(deliveries or 0), "embedding_cache_entries": int(cached or 0)}
+    return {"webhook_deliveries": deliveries, "embedding_cache_entries": cached}

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from expert_pipeline.core.db import rows_affected
 from expert_pipeline.core.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -393,9 +394,9 @@ class ExpertProcessingProgressService:
         return True
 
     def delete_progress(self, expert_id: str) -> bool:
-        deleted = self.db.execute(
-            delete(ExpertProcessingProgress).where(ExpertProcessingProgress.expert_id == expert_id)
-        ).rowcount
+        deleted = rows_affected(
+            self.db, delete(ExpertProcessingProgress).where(ExpertProcessingProgress.expert_id == expert_id)
+        )
         self.db.execute(delete(ProgressEvent).where(ProgressEvent.expert_id == expert_id))
         self.db.commit()
         return bool(deleted)
@@ -403,9 +404,9 @@ class ExpertProcessingProgressService:
     def delete_many(self, expert_ids: Sequence[str]) -> int:
         if not expert_ids:
             return 0
-        deleted = self.db.execute(
-            delete(ExpertProcessingProgress).where(ExpertProcessingProgress.expert_id.in_(expert_ids))
-        ).rowcount
+        deleted = rows_affected(
+            self.db, delete(ExpertProcessingProgress).where(ExpertProcessingProgress.expert_id.in_(expert_ids))
+        )
         self.db.execute(delete(ProgressEvent).where(ProgressEvent.expert_id.in_(expert_ids)))
         self.db.commit()
         return int(deleted or 0)

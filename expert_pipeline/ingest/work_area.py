@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from expert_pipeline.text.chunking import Chunk
 from expert_pipeline.text.extraction import PageText
@@ -45,7 +45,7 @@ class ExpertWorkArea:
 
     def read_pages(self, file_id: str) -> Iterator[PageText]:
         for row in _read_jsonl(self.text_path(file_id)):
-            yield PageText(page=row["page"], text=row["text"])
+            yield PageText(page=int(row["page"]), text=str(row["text"]))
 
     def write_chunks(self, file_id: str, chunks: Iterable[Chunk]) -> tuple[int, int]:
         """Stream chunks to disk; returns (chunks, tokens)."""
@@ -53,7 +53,7 @@ class ExpertWorkArea:
 
     def read_chunks(self, file_id: str) -> Iterator[Chunk]:
         for row in _read_jsonl(self.chunks_path(file_id)):
-            yield Chunk(**row)
+            yield Chunk(**row)  # written by write_chunks from the same dataclass
 
     def count_chunks(self, file_id: str) -> int:
         path = self.chunks_path(file_id)
@@ -91,7 +91,7 @@ class ExpertWorkArea:
         shutil.rmtree(self.dir.parent, ignore_errors=True)
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict[str, object]], measure: str) -> tuple[int, int]:
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]], measure: str) -> tuple[int, int]:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(path.suffix + ".partial")
     count = total = 0
@@ -101,14 +101,14 @@ def _write_jsonl(path: Path, rows: Iterable[dict[str, object]], measure: str) ->
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 count += 1
                 value = row[measure]
-                total += len(value) if isinstance(value, str) else int(value)  # type: ignore[arg-type]
+                total += len(value) if isinstance(value, str) else int(value)
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
     return count, total
 
 
-def _read_jsonl(path: Path) -> Iterator[dict[str, object]]:
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             yield json.loads(line)

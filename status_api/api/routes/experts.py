@@ -19,6 +19,7 @@ from status_api.api.answers import (
     BUSY,
     EXPERT_NOT_FOUND,
     PROGRESS_NOT_FOUND,
+    Responses,
     busy,
     expert_not_found,
     progress_not_found,
@@ -52,7 +53,7 @@ from status_api.schemas import (
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/experts", tags=["experts"], dependencies=[Depends(get_principal)])
 
-REJECTIONS = {
+REJECTIONS: Responses = {
     400: {"model": ErrorResponse, "description": "Missing name or files"},
     413: {"model": ErrorResponse, "description": "Too many or too large files, or a body over the upload limit"},
     415: {"model": ErrorResponse, "description": "Unsupported file type"},
