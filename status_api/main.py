@@ -23,7 +23,7 @@ from status_api.api.security_headers import SecurityHeaders
 from status_api.api.upload_limits import RequestSizeLimit
 from status_api.dashboard import install_dashboard
 from status_api.docs import install_docs
-from status_api.progress_broadcaster import ProgressBroadcaster
+from status_api.live import ProgressBroadcaster
 
 log = logging.getLogger("status_api")
 

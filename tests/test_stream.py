@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from expert_pipeline.core.db import engine_for, migrate
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
-from status_api.progress_broadcaster import ProgressBroadcaster
+from status_api.live import ProgressBroadcaster
 from tests.conftest import LiveServer, _clean
 
 Event = tuple[str, Any]
@@ -187,8 +187,8 @@ def test_all_active_stream_delivers_changes_for_several_experts(live_api: LiveSe
             assert latest["expert-c"]["error_message"] == "OpenAI API error"
             assert latest["expert-a"]["progress_percentage"] == 30.0
 
-            # Quiet periods carry keepalive comments.
-            assert await stream.next(timeout=3, skip_comments=False) == ("comment", "keepalive")
+            # Quiet periods carry keepalive comments (FastAPI's `: ping`).
+            assert await stream.next(timeout=3, skip_comments=False) == ("comment", "ping")
 
             # A new subscriber's snapshot shows the current active set (c failed, d arrived).
             async with sse(client, "/api/experts/progress/stream") as second:
