@@ -50,7 +50,7 @@ class OpenAIProviderUnavailable(ServiceUnavailable, OpenAIEmbeddingError):
     retrying later, unlike a refused key or a bad request."""
 
 
-class OpenAIEmbedder(BaseModel, frozen=True):
+class OpenAIEmbedder(BaseModel):
     """Embeddings from OpenAI's API or any OpenAI-compatible server (`base_url`).
 
     Implements the pipeline's `Embedder` interface. The SDK client is created on first use.

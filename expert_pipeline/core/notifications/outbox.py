@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from expert_pipeline.core.db import rows_affected
 from expert_pipeline.core.models import (
     ExpertProcessingProgress,
     WebhookDelivery,
@@ -186,7 +187,7 @@ def claim_due(
                 )
                 if row.attempts >= settings.webhook_max_attempts:
                     # Its last attempt was claimed by a worker that stopped before recording the answer.
-                    result = session.execute(
+                    changed = rows_affected(session, 
                         update(WebhookDelivery)
                         .where(*guard)
                         .values(
@@ -195,17 +196,17 @@ def claim_due(
                         )
                         .execution_options(synchronize_session=False)
                     )
-                    report.failed += result.rowcount
+                    report.failed += changed
                     continue
                 # Compare-and-set on `attempts`: on SQLite (no row locks) this is what makes the claim
                 # exclusive; on PostgreSQL the row lock already does, and this always succeeds.
-                result = session.execute(
+                changed = rows_affected(session, 
                     update(WebhookDelivery)
                     .where(*guard)
                     .values(attempts=row.attempts + 1, next_attempt_at=lease)
                     .execution_options(synchronize_session=False)
                 )
-                if result.rowcount == 1:
+                if changed == 1:
                     claims.append(
                         Claim(
                             row.id, row.event_id, row.event_type, row.url, dict(row.payload), row.attempts + 1
@@ -245,7 +246,7 @@ def record_outcome(
         values |= {"next_attempt_at": now + timedelta(seconds=backoff_seconds(claim.attempt))}
         counter = "retrying"
     with factory() as session:
-        result = session.execute(
+        changed = rows_affected(session, 
             update(WebhookDelivery)
             .where(
                 WebhookDelivery.id == claim.id,
@@ -256,7 +257,7 @@ def record_outcome(
             .execution_options(synchronize_session=False)
         )
         session.commit()
-    if result.rowcount != 1:
+    if changed != 1:
         report.lost_claim += 1
         log.warning(
             "webhook %s to %s: claim expired before the answer was recorded", claim.event_id, claim.url
