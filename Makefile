@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install install-test up api test test-fast bench migrate clean
+.PHONY: install install-test up api test test-fast lint bench migrate clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ api: install
 
 test: install-test
 	$(BIN)/pytest
+
+# Lint, format and types of the package, as CI checks them before the tests.
+lint: install-test
+	$(BIN)/ruff check expert_pipeline status_api
+	$(BIN)/ruff format --check expert_pipeline status_api
+	$(BIN)/mypy
 
 test-fast: install-test
 	$(BIN)/pytest -m "not slow and not browser"

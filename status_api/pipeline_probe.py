@@ -49,9 +49,9 @@ def peek() -> Diagnosis | None:
     if not os.environ.get("DAGSTER_HOME"):
         return None
     cached = _cached
-    if cached is None or time.monotonic() - cached[0] >= _CACHE_SECONDS:
-        if not _lock.locked():
-            threading.Thread(target=diagnose, name="pipeline-probe", daemon=True).start()
+    stale = cached is None or time.monotonic() - cached[0] >= _CACHE_SECONDS
+    if stale and not _lock.locked():
+        threading.Thread(target=diagnose, name="pipeline-probe", daemon=True).start()
     return cached[1] if cached is not None else None
 
 
@@ -79,7 +79,7 @@ def _code_location_error() -> str | None:
     try:
         done = subprocess.run(
             [sys.executable, "-c", "import expert_pipeline.definitions"],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
         )
     except subprocess.TimeoutExpired:
         return "loading it took longer than 120 s"

@@ -248,7 +248,7 @@ class S3FileStorage(BaseModel):
                     client.abort_multipart_upload(
                         Bucket=self.bucket, Key=object_key, UploadId=upload["UploadId"]
                     )
-        except Exception:  # noqa: BLE001 - never hide the FileTooLarge being raised
+        except Exception:
             log.warning(
                 "could not check for unfinished uploads of s3://%s/%s", self.bucket, object_key,
                 exc_info=True,

@@ -107,17 +107,17 @@ def _schema(dimensions: int) -> pa.Schema:
 def _table_dimensions(table: Table) -> int:
     vector_type = table.schema.field("vector").type
     if not isinstance(vector_type, pa.FixedSizeListType):
-        raise ValueError(f"table {table.name!r} was not written by this store (vector is {vector_type})")
+        raise TypeError(f"table {table.name!r} was not written by this store (vector is {vector_type})")
     return vector_type.list_size
 
 
 def _metadata_value(name: str, value: Any) -> MetadataValue:
     if name in _INT_FIELDS:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"metadata {name!r} must be an integer, not {value!r}")
+            raise TypeError(f"metadata {name!r} must be an integer, not {value!r}")
         return int(value)
     if not isinstance(value, str):
-        raise ValueError(f"metadata {name!r} must be a string, not {value!r}")
+        raise TypeError(f"metadata {name!r} must be a string, not {value!r}")
     return value
 
 

@@ -25,7 +25,7 @@ from expert_pipeline.adapters.vector_store import VectorStore
 from expert_pipeline.core.experts_service import expert_prefix
 from expert_pipeline.core.models import utcnow
 from expert_pipeline.ingest.work_area import ExpertWorkArea
-from expert_pipeline.partitions import EXPERTS, experts
+from expert_pipeline.partitions import EXPERTS
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.maintenance_settings import MaintenanceSettings

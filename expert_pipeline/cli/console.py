@@ -4,6 +4,7 @@ experts starting, finishing or failing are told as they happen."""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from expert_pipeline.core.models import Expert, ExpertProcessingProgress, Status
 _NOTEWORTHY = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback|[A-Za-z]+Error:)")
 
 Say = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 def say(line: str) -> None:
@@ -67,8 +69,8 @@ class ExpertWatcher:
         while not self._stop.wait(self.interval):
             try:
                 self.poll()
-            except Exception:  # noqa: BLE001 - the database may be restarting; the next poll tells
-                continue
+            except Exception as exc:  # noqa: BLE001 - the database may be restarting; the next poll tells
+                log.debug("expert watcher: %s", exc)
 
     def poll(self) -> None:
         P = ExpertProcessingProgress

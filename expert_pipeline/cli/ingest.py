@@ -45,7 +45,7 @@ def render_bar(record: ExpertProcessingProgress, width: int = 30) -> str:
 def ingest_files(name: str, paths: Sequence[str], agent_id: str | None = None, verbose: bool = False) -> int:
     from expert_pipeline.adapters.factory import build_file_storage
     from expert_pipeline.definitions import build_definitions
-    from expert_pipeline.partitions import EXPERTS, experts
+    from expert_pipeline.partitions import EXPERTS
 
     settings = get_settings()
     settings.ensure_dirs()

@@ -36,7 +36,7 @@ def prepare_instance(dagster_home: Path, say: Callable[[str], None] = print) -> 
             instance.get_runs(limit=1)
             instance.all_instigator_state()
             instance.get_dynamic_partitions("experts")
-    except Exception as exc:  # noqa: BLE001 - refuse to start with what to do, not a traceback
+    except Exception as exc:
         raise InstanceStorageError(
             f"Dagster's instance storage in {dagster_home} cannot be opened or migrated: "
             f"{type(exc).__name__}: {exc}\nIf it is the embedded SQLite storage, move {dagster_home} "

@@ -12,8 +12,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.sql.base import Executable
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.base import Executable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 

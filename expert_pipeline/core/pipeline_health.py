@@ -89,9 +89,9 @@ def stall_reason(
             return (f"No sign of life from the run for {_ago((now - alive).total_seconds())}: its worker "
                     "may be overloaded or gone (a run silent for DEAD_RUN_AFTER_SECONDS is failed and retried)")
         return None
-    if record.status == Status.PENDING and pipeline is not None and now - record.started_at > limit:
-        if not pipeline.alive(now):
-            return pipeline.reason(now)
+    waiting = record.status == Status.PENDING and now - record.started_at > limit
+    if waiting and pipeline is not None and not pipeline.alive(now):
+        return pipeline.reason(now)
     return None
 
 

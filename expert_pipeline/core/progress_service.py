@@ -17,6 +17,7 @@ stage change, status change, file result and final state is recorded as an event
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -294,7 +295,7 @@ class ExpertProcessingProgressService:
             record.current_file = current_file
         if progress_percentage is not None:
             pct = float(progress_percentage)
-            if pct != pct:  # NaN
+            if math.isnan(pct):
                 raise InvalidProgressUpdate("progress_percentage must be a number")
             pct = min(max(pct, 0.0), MAX_RUNNING_PERCENTAGE)
             record.progress_percentage = round(max(record.progress_percentage or 0.0, pct), 2)

@@ -7,6 +7,7 @@ The time spent writing is measured so benchmarks can show that tracking costs al
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +25,7 @@ from expert_pipeline.core.models import Stage, Status
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService, RunNotWanted
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class IngestFailed(Exception):
@@ -100,7 +102,8 @@ class ExpertProgress:
             except RunNotWanted:
                 self._cancelled.set()  # re-queued or taken over: stop at the next batch
                 continue
-            except Exception:  # noqa: BLE001 - a missed heartbeat shows as "stalled", never as a crash
+            except Exception as exc:  # noqa: BLE001 - a missed heartbeat shows as "stalled", never as a crash
+                log.debug("heartbeat for %s missed: %s", self.expert_id, exc)
                 continue
             if status == Status.CANCELLED:
                 self._cancelled.set()

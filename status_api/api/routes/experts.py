@@ -236,6 +236,6 @@ def delete_expert(
     try:
         storage.delete_prefix(experts_service.expert_prefix(expert_id))
         vector_store.delete_namespace(expert_id)
-    except Exception:  # noqa: BLE001 - the cleanup job retries
+    except Exception:
         log.warning("could not remove stored data of deleted expert %s; cleanup will retry", expert_id, exc_info=True)
     return SuccessResponse()
