@@ -325,6 +325,18 @@ def test_postgres_notify_wakes_the_stream_for_writes_from_any_connection(pg_api:
             assert time.monotonic() - started < 2.0
             assert broadcaster.stats.notifications >= 1
 
+            # The LISTEN connection dies (a restart, a proxy, an operator): it comes back by itself.
+            def kill_listener() -> int:
+                with engine.begin() as conn:
+                    return len(conn.execute(text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND query = 'LISTEN expert_progress'"
+                    )).all())
+
+            assert await asyncio.to_thread(kill_listener) == 1
+            await wait_until(lambda: not broadcaster.stats.listening)
+            await wait_until(lambda: broadcaster.stats.listening)
+
             started = time.monotonic()
             await awrite(settings, "mark_completed", expert_id="expert-pg")
             assert (await stream.progress(timeout=5))["status"] == "completed"

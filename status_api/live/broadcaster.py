@@ -212,7 +212,6 @@ class ProgressBroadcaster:
                 listening.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await listening
-                self.stats.listening = False
 
     def _start_listening(self) -> asyncio.Task[None] | None:
         if not self.use_listen:
