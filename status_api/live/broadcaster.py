@@ -126,7 +126,10 @@ class ProgressBroadcaster:
         return self._task is not None and not self._task.done()
 
     def subscribe(
-        self, expert_id: str | None = None, viewer: Principal | None = None, opened_by: Principal | None = None
+        self,
+        expert_id: str | None = None,
+        viewer: Principal | None = None,
+        opened_by: Principal | None = None,
     ) -> Subscription:
         """Register a listener and make sure the poller runs. Call on the event loop.
         `viewer` limits an "all" listener to the experts that principal may see; `opened_by`
@@ -203,7 +206,7 @@ class ProgressBroadcaster:
                     await self._recheck_tokens()
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - never leave subscribers with a dead poller silently
+        except Exception:
             log.exception("progress broadcaster stopped unexpectedly")
         finally:
             if self._task is asyncio.current_task():
@@ -244,9 +247,11 @@ class ProgressBroadcaster:
         since = self._since or (started - timedelta(seconds=self.lookback_seconds))
         t0 = time.perf_counter()
         try:
-            pending = {} if reseeding else {
-                c.expert_id: c.started_at for c in self._active.values() if c.status == Status.PENDING
-            }
+            pending = (
+                {}
+                if reseeding
+                else {c.expert_id: c.started_at for c in self._active.values() if c.status == Status.PENDING}
+            )
             changes = await asyncio.to_thread(self._reader.read, since, sorted(ids), reseeding, pending)
         except Exception as exc:  # noqa: BLE001 - a database outage: keep subscribers, retry
             self.stats.read_errors += 1

@@ -22,7 +22,9 @@ ACTIVE = frozenset(s.value for s in ACTIVE_STATUSES)
 # How long a disconnected EventSource waits before reconnecting (sent first on every stream).
 RETRY = format_sse_event(retry=3000)
 # A slow client missed events: it should re-read the list.
-RESYNC = format_sse_event(event="resync", data_str=json.dumps({"reason": "events were dropped for a slow client"}))
+RESYNC = format_sse_event(
+    event="resync", data_str=json.dumps({"reason": "events were dropped for a slow client"})
+)
 # A comment (EventSource ignores it) saying why the server ended the stream.
 ENDED = format_sse_event(comment="the API token this stream was opened with is no longer accepted")
 # Sent when a stream has had nothing to say for a while (proxies close idle connections).

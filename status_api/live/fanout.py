@@ -98,7 +98,9 @@ class Fanout:
         for group in self._by_expert.values():
             yield from group
 
-    def add(self, expert_id: str | None, viewer: Principal | None, opened_by: Principal | None) -> Subscription:
+    def add(
+        self, expert_id: str | None, viewer: Principal | None, opened_by: Principal | None
+    ) -> Subscription:
         sub = Subscription(expert_id=expert_id, queue=asyncio.Queue(maxsize=self.queue_size), viewer=viewer)
         if opened_by is not None:
             sub.token_id = opened_by.token_id

@@ -47,9 +47,9 @@ def _alive_at(row: Any) -> datetime | None:
     """The last sign of life stall flips are worked out from: a run's heartbeat, or for a
     pending expert when it was queued."""
     if row.status == Status.IN_PROGRESS:
-        return row.heartbeat_at or row.updated_at  # type: ignore[no-any-return]
+        return row.heartbeat_at or row.updated_at
     if row.status == Status.PENDING:
-        return row.started_at  # type: ignore[no-any-return]
+        return row.started_at
     return None
 
 
@@ -79,7 +79,9 @@ class ProgressReader:
             .order_by(table.c.updated_at)
         )
 
-    def read(self, since: datetime, ids: list[str], seeding: bool, pending: dict[str, datetime]) -> list[ProgressChange]:
+    def read(
+        self, since: datetime, ids: list[str], seeding: bool, pending: dict[str, datetime]
+    ) -> list[ProgressChange]:
         """The tick's single query. Rows are presented exactly as `GET /api/experts/{id}/progress`
         presents them, and encoded once, off the event loop. `pending` (the known pending
         experts and when they were queued) gives the queue positions."""
@@ -149,7 +151,9 @@ class NotifyListener:
             await asyncio.sleep(delay)
 
     async def _listen(self) -> None:
-        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
+        async with await psycopg.AsyncConnection.connect(
+            self.conninfo, autocommit=True, connect_timeout=5
+        ) as conn:
             await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             self.listening = True
             self.on_listening(True)

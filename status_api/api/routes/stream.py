@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
@@ -43,7 +43,9 @@ from status_api.progress_view import present_one
 from status_api.schemas import ProgressRecord
 
 # The gate authenticates (Bearer header or `?ticket=`); the dependency picks up its answer.
-router = APIRouter(prefix="/api/experts", tags=["progress stream"], dependencies=[Depends(get_stream_principal)])
+router = APIRouter(
+    prefix="/api/experts", tags=["progress stream"], dependencies=[Depends(get_stream_principal)]
+)
 
 # The routes return FastAPI's `EventSourceResponse` themselves rather than yield events to it:
 # FastAPI's generator path encodes every event again for each stream and writes it on its own,
@@ -59,19 +61,31 @@ STREAM_EVENT = {
     "required": ["event", "data"],
     "properties": {"event": {"enum": ["progress", "resync"]}, "data": {"type": "string"}},
     "oneOf": [
-        {"properties": {
-            "event": {"const": "progress"},
-            "data": {"contentMediaType": _JSON, "contentSchema": {"$ref": "#/components/schemas/ProgressRecord"}},
-        }},
-        {"properties": {
-            "event": {"const": "resync"},
-            "data": {"contentMediaType": _JSON, "contentSchema": {
-                "type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}},
-            }},
-        }},
+        {
+            "properties": {
+                "event": {"const": "progress"},
+                "data": {
+                    "contentMediaType": _JSON,
+                    "contentSchema": {"$ref": "#/components/schemas/ProgressRecord"},
+                },
+            }
+        },
+        {
+            "properties": {
+                "event": {"const": "resync"},
+                "data": {
+                    "contentMediaType": _JSON,
+                    "contentSchema": {
+                        "type": "object",
+                        "required": ["reason"],
+                        "properties": {"reason": {"type": "string"}},
+                    },
+                },
+            }
+        },
     ],
 }
-STREAM_DOC = {
+STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"text/event-stream": {"schema": STREAM_EVENT}},
         "description": "A Server-Sent-Events stream of `progress` events (each event's schema)",
