@@ -19,8 +19,11 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     kinds = part_kinds(settings)
     # The UI shows the technology actually in use (s3 or filesystem, openai or pytorch, ...).
     assets = dg.map_asset_specs(
-        lambda spec: spec.replace_attributes(kinds={"python", *kinds[spec.key.to_user_string()]})
-        if spec.key.to_user_string() in kinds else spec,
+        lambda spec: (
+            spec.replace_attributes(kinds={"python", *kinds[spec.key.to_user_string()]})
+            if spec.key.to_user_string() in kinds
+            else spec
+        ),
         INGEST_ASSETS,
     )
     return dg.Definitions.merge(

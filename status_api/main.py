@@ -38,7 +38,9 @@ def log_auth_mode(engine: Engine, logger: logging.Logger) -> bool:
     if tokens:
         logger.info("API tokens exist: every /api/* request needs 'Authorization: Bearer <token>'")
     else:
-        logger.warning("%s (create one with `expert-pipeline tokens create --owner NAME`)", LOCAL_MODE_MESSAGE)
+        logger.warning(
+            "%s (create one with `expert-pipeline tokens create --owner NAME`)", LOCAL_MODE_MESSAGE
+        )
     return tokens
 
 
@@ -80,4 +82,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_dashboard(app)
     install_docs(app)
     return app
-

@@ -62,7 +62,9 @@ def _diagnose(home: str) -> Diagnosis:
         with DagsterInstance.from_config(home) as instance:
             beats = instance.get_daemon_heartbeats()
     except Exception as exc:  # noqa: BLE001 - the instance itself is unreadable: say so
-        return Diagnosis(None, None, f"Dagster's instance storage cannot be read ({type(exc).__name__}: {exc})")
+        return Diagnosis(
+            None, None, f"Dagster's instance storage cannot be read ({type(exc).__name__}: {exc})"
+        )
     newest = max((beat.timestamp for beat in beats.values()), default=None)
     age = None if newest is None else max(0.0, time.time() - newest)
     if age is None or age > _DAEMON_STALE_SECONDS:
@@ -70,8 +72,12 @@ def _diagnose(home: str) -> Diagnosis:
     error = _code_location_error()
     if error:
         return Diagnosis(age, error, f"the code location failed to load: {error}")
-    return Diagnosis(age, None, "the daemon runs and the code location loads, but its sensor is stopped "
-                     "(turn pending_experts_sensor on in the Dagster UI)")
+    return Diagnosis(
+        age,
+        None,
+        "the daemon runs and the code location loads, but its sensor is stopped "
+        "(turn pending_experts_sensor on in the Dagster UI)",
+    )
 
 
 def _code_location_error() -> str | None:
@@ -79,7 +85,11 @@ def _code_location_error() -> str | None:
     try:
         done = subprocess.run(
             [sys.executable, "-c", "import expert_pipeline.definitions"],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return "loading it took longer than 120 s"

@@ -19,7 +19,9 @@ __all__ = ["present", "present_many", "present_one", "queue_positions"]
 
 def queue_positions(service: ExpertProcessingProgressService) -> dict[str, int]:
     pending = [r for r in service.get_active_progress() if r.status == Status.PENDING]
-    return {r.expert_id: i for i, r in enumerate(sorted(pending, key=lambda r: (r.started_at, r.expert_id)), 1)}
+    return {
+        r.expert_id: i for i, r in enumerate(sorted(pending, key=lambda r: (r.started_at, r.expert_id)), 1)
+    }
 
 
 def present_many(

@@ -64,7 +64,8 @@ class PipelineHealth(BaseModel):
     )
     last_seen_seconds_ago: float | None = Field(description="Since the pending-experts sensor last ticked")
     daemon_heartbeat_age_seconds: float | None = Field(
-        default=None, description="Age of the Dagster daemon's newest heartbeat (looked up when the pipeline is down)"
+        default=None,
+        description="Age of the Dagster daemon's newest heartbeat (looked up when the pipeline is down)",
     )
     code_location_error: str | None = None
     queued_runs: int | None = Field(default=None, description="Runs waiting in Dagster's queue")
@@ -135,7 +136,9 @@ class ChatRequest(BaseModel):
     # Surrounding whitespace is stripped before the length is checked: a message needs a visible
     # character (documented as a pattern; validation keeps its own words).
     message: str = Field(
-        min_length=1, max_length=2000, description="The question, 1 to 2000 characters",
+        min_length=1,
+        max_length=2000,
+        description="The question, 1 to 2000 characters",
         json_schema_extra={"pattern": r"\S"},
     )
 
@@ -168,5 +171,7 @@ class StatsResponse(BaseModel):
     counts_by_status: dict[Status, int]
     seconds_per_stage: dict[str, Percentiles]
     seconds_per_expert: Percentiles
-    throughput_chunks_per_second: float | None = Field(description="Chunks of completed experts per second of their runs")
+    throughput_chunks_per_second: float | None = Field(
+        description="Chunks of completed experts per second of their runs"
+    )
     failed_files_by_kind: dict[str, int]

@@ -47,7 +47,9 @@ def supports(model_dir: Path) -> bool:
         and config.get("hidden_act") == "gelu"
         and config.get("position_embedding_type", "absolute") == "absolute"
         and pooling.get("pooling_mode_mean_tokens") is True
-        and not any(v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens")
+        and not any(
+            v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens"
+        )
         and (model_dir / "model.safetensors").is_file()
         and (model_dir / "tokenizer.json").is_file()
     )
@@ -104,7 +106,9 @@ class BertSentenceEncoder:
         return F.linear(x, self.weights[f"{name}.weight"], self.weights[f"{name}.bias"])
 
     def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        return F.layer_norm(x, (self.hidden,), self.weights[f"{name}.weight"], self.weights[f"{name}.bias"], self.eps)
+        return F.layer_norm(
+            x, (self.hidden,), self.weights[f"{name}.weight"], self.weights[f"{name}.bias"], self.eps
+        )
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         w = self.weights
@@ -127,7 +131,9 @@ class BertSentenceEncoder:
             q, k, v = (split(self._linear(x, f"{p}.attention.self.{n}")) for n in ("query", "key", "value"))
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
             context = context.transpose(1, 2).reshape(batch, width, self.hidden)
-            x = self._norm(self._linear(context, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
+            x = self._norm(
+                self._linear(context, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm"
+            )
             hidden = F.gelu(self._linear(x, f"{p}.intermediate.dense"))
             x = self._norm(self._linear(hidden, f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
         weights = mask.unsqueeze(-1).to(x.dtype)

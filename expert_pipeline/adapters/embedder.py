@@ -74,7 +74,10 @@ class _SentenceTransformersEncoder:
         # normalize_embeddings keeps the promise of unit vectors for a model without a
         # Normalize module.
         vectors = self.model.encode(
-            list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
@@ -109,7 +112,9 @@ def _load_model(path: str, device: str) -> _LoadedModel:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        encoder = _SentenceTransformersEncoder(SentenceTransformer(path, device=device, local_files_only=True))
+        encoder = _SentenceTransformersEncoder(
+            SentenceTransformer(path, device=device, local_files_only=True)
+        )
     return _LoadedModel(encoder=encoder, load_seconds=time.perf_counter() - started)
 
 

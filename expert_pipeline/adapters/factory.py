@@ -26,8 +26,10 @@ def build_file_storage(settings: Settings) -> FileStorage:
         from expert_pipeline.adapters.s3_file_storage import S3FileStorage
 
         return S3FileStorage(
-            bucket=settings.s3_bucket or "", prefix=settings.s3_prefix,
-            endpoint_url=settings.aws_endpoint_url, region_name=settings.aws_region,
+            bucket=settings.s3_bucket or "",
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.aws_endpoint_url,
+            region_name=settings.aws_region,
         )
     return LocalFileStorage(root=str(settings.files_dir))
 
@@ -38,7 +40,8 @@ def build_embedder(settings: Settings) -> Embedder:
 
         return OpenAIEmbedder(
             api_key=settings.openai_api_key or "",
-            base_url=settings.openai_base_url, model=settings.openai_embedding_model,
+            base_url=settings.openai_base_url,
+            model=settings.openai_embedding_model,
             embedding_dimensions=settings.openai_embedding_dimensions,
         )
     return LocalEmbedder()
@@ -61,7 +64,9 @@ def build_chat_provider(settings: Settings) -> Any:
         from expert_pipeline.chat.openai_chat import OpenAIChat
 
         return OpenAIChat(
-            api_key=settings.openai_api_key or "", model=settings.openai_chat_model, base_url=settings.openai_base_url
+            api_key=settings.openai_api_key or "",
+            model=settings.openai_chat_model,
+            base_url=settings.openai_base_url,
         )
     from expert_pipeline.chat import extractive
 
@@ -71,8 +76,11 @@ def build_chat_provider(settings: Settings) -> Any:
 def check_parts(settings: Settings) -> None:
     """Fail at startup, with every problem named, if a selected part is half-configured."""
     problems: list[str] = []
-    for role, build in (("file storage", build_file_storage), ("embeddings", build_embedder),
-                        ("vector store", build_vector_store)):
+    for role, build in (
+        ("file storage", build_file_storage),
+        ("embeddings", build_embedder),
+        ("vector store", build_vector_store),
+    ):
         part = build(settings)
         check = getattr(part, "check_configuration", None)
         if check is not None:
@@ -90,13 +98,25 @@ def describe_parts(settings: Settings) -> dict[str, str]:
     """One line per role saying which part is in use, for the startup log."""
     db = settings.resolved_database_url.split(":", 1)[0].split("+", 1)[0]
     return {
-        "progress database": "postgresql" if db.startswith("postgres") else f"sqlite ({settings.expert_pipeline_home / 'progress.db'})",
-        "dagster storage": "postgresql (DAGSTER_PG_URL)" if settings.dagster_pg_url else f"sqlite ({settings.dagster_home})",
-        "file storage": f"s3://{settings.s3_bucket}/{settings.s3_prefix}" if settings.file_storage == "s3" else f"local ({settings.files_dir})",
-        "embeddings": f"openai {settings.openai_embedding_model}" + (f" via {settings.openai_base_url}" if settings.openai_base_url else "")
-        if settings.embedding_provider == "openai" else "local all-MiniLM-L6-v2",
-        "vector store": f"pinecone ({settings.pinecone_index_host})" if settings.vector_store == "pinecone" else f"lancedb ({settings.vectors_dir})",
-        "chat": f"openai {settings.openai_chat_model}" if settings.chat_provider == "openai" else "extractive",
+        "progress database": "postgresql"
+        if db.startswith("postgres")
+        else f"sqlite ({settings.expert_pipeline_home / 'progress.db'})",
+        "dagster storage": "postgresql (DAGSTER_PG_URL)"
+        if settings.dagster_pg_url
+        else f"sqlite ({settings.dagster_home})",
+        "file storage": f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
+        if settings.file_storage == "s3"
+        else f"local ({settings.files_dir})",
+        "embeddings": f"openai {settings.openai_embedding_model}"
+        + (f" via {settings.openai_base_url}" if settings.openai_base_url else "")
+        if settings.embedding_provider == "openai"
+        else "local all-MiniLM-L6-v2",
+        "vector store": f"pinecone ({settings.pinecone_index_host})"
+        if settings.vector_store == "pinecone"
+        else f"lancedb ({settings.vectors_dir})",
+        "chat": f"openai {settings.openai_chat_model}"
+        if settings.chat_provider == "openai"
+        else "extractive",
     }
 
 

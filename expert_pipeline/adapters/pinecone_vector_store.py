@@ -208,9 +208,7 @@ class PineconeVectorStore(BaseModel):
         """Raise ValueError naming what is missing or wrong (no request is made)."""
         problems = []
         if not self.api_key or not self.api_key.strip():
-            problems.append(
-                "api_key is empty: set it, e.g. api_key=dg.EnvVar('PINECONE_API_KEY')"
-            )
+            problems.append("api_key is empty: set it, e.g. api_key=dg.EnvVar('PINECONE_API_KEY')")
         elif self.api_key != self.api_key.strip():
             problems.append("api_key has leading or trailing whitespace (a newline from a file?)")
         if not self.index_host or not self.index_host.strip():
@@ -380,8 +378,11 @@ def _fit_metadata(record_id: str, metadata: dict[str, MetadataValue]) -> dict[st
             high = mid - 1
     fitted["text"] = text[:low]
     log.warning(
-        "record %r: metadata text cut from %d to %d characters to fit Pinecone's %d-byte "
-        "metadata limit", record_id, len(text), low, MAX_METADATA_BYTES,
+        "record %r: metadata text cut from %d to %d characters to fit Pinecone's %d-byte metadata limit",
+        record_id,
+        len(text),
+        low,
+        MAX_METADATA_BYTES,
     )
     return fitted
 

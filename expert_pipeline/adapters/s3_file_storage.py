@@ -53,8 +53,16 @@ _DELETE_BATCH = 1000
 _RETRIES = {"mode": "standard", "max_attempts": 5}  # botocore's max_attempts counts retries only
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 # Throttling answers that are not 5xx (S3 itself throttles with 503 SlowDown).
-_THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
-                               "TooManyRequestsException", "RequestThrottled"})
+_THROTTLING_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestThrottled",
+    }
+)
 
 
 class S3FileStorage(BaseModel):
@@ -79,9 +87,7 @@ class S3FileStorage(BaseModel):
         object_key = self._object_key(key)
         reader = _MeteredReader(stream, max_bytes)
         try:
-            self._get_client().upload_fileobj(
-                reader, self.bucket, object_key, Config=_transfer_config()
-            )
+            self._get_client().upload_fileobj(reader, self.bucket, object_key, Config=_transfer_config())
         except FileTooLarge:
             self._abort_unfinished_uploads(object_key)
             raise
@@ -109,7 +115,9 @@ class S3FileStorage(BaseModel):
             status = int(meta.get("HTTPStatusCode") or 0)
             if status >= 500 or status == 429 or code in _THROTTLING_CODES:
                 raise ServiceUnavailable(
-                    f"fetching {where}: {exc}", service="file storage", status=status,
+                    f"fetching {where}: {exc}",
+                    service="file storage",
+                    status=status,
                     attempts=int(meta.get("RetryAttempts") or 0) + 1,
                 ) from exc
             raise
@@ -152,11 +160,13 @@ class S3FileStorage(BaseModel):
         """The "folders" directly below `prefix`: one ListObjectsV2 walk with Delimiter="/"."""
         object_prefix = self._object_key(prefix.rstrip("/")) + "/"
         names: list[str] = []
-        for page in self._get_client().get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=object_prefix, Delimiter="/"
+        for page in (
+            self._get_client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.bucket, Prefix=object_prefix, Delimiter="/")
         ):
             for common in page.get("CommonPrefixes", []):
-                names.append(common["Prefix"][len(object_prefix):].rstrip("/"))
+                names.append(common["Prefix"][len(object_prefix) :].rstrip("/"))
         return sorted(name for name in names if name)
 
     def modified_at(self, prefix: str) -> datetime | None:
@@ -166,8 +176,10 @@ class S3FileStorage(BaseModel):
         """
         object_prefix = self._object_key(prefix.rstrip("/")) + "/"
         newest: datetime | None = None
-        for page in self._get_client().get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=object_prefix
+        for page in (
+            self._get_client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.bucket, Prefix=object_prefix)
         ):
             for item in page.get("Contents", []):
                 stamp = item["LastModified"].astimezone(UTC)
@@ -227,8 +239,9 @@ class S3FileStorage(BaseModel):
                 self._client.meta.events.register("response-received.s3.*", self._note_answer)
             return self._client
 
-    def _note_answer(self, response_dict: dict[str, Any] | None = None, exception: Exception | None = None,
-                     **_: Any) -> None:
+    def _note_answer(
+        self, response_dict: dict[str, Any] | None = None, exception: Exception | None = None, **_: Any
+    ) -> None:
         if response_dict is not None:
             self._trouble.record(int(response_dict.get("status_code", 0)))
         elif exception is not None:
@@ -250,7 +263,9 @@ class S3FileStorage(BaseModel):
                     )
         except Exception:
             log.warning(
-                "could not check for unfinished uploads of s3://%s/%s", self.bucket, object_key,
+                "could not check for unfinished uploads of s3://%s/%s",
+                self.bucket,
+                object_key,
                 exc_info=True,
             )
 

@@ -22,8 +22,13 @@ RETRIED_STATUSES = frozenset({408, 409, 429})
 NO_ANSWER = 0
 
 _WORDS = {
-    408: "request timeout", 409: "conflict", 429: "rate limited", 500: "server error", 502: "bad gateway",
-    503: "unavailable", 504: "timeout",
+    408: "request timeout",
+    409: "conflict",
+    429: "rate limited",
+    500: "server error",
+    502: "bad gateway",
+    503: "unavailable",
+    504: "timeout",
 }
 _TIMES = {1: "once", 2: "twice"}
 
@@ -109,8 +114,11 @@ class TroubleReport:
 
     def data(self, kind: str, **extra: Any) -> dict[str, Any]:
         return {
-            "kind": kind, "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
-            "steps": self.steps, "gave_up": self.gave_up, **extra,
+            "kind": kind,
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "steps": self.steps,
+            "gave_up": self.gave_up,
+            **extra,
         }
 
 

@@ -81,12 +81,12 @@ def namespace_of_table(name: str) -> str | None:
     """The namespace a table holds (the inverse of `table_name`); None for tables not named by it."""
     if name.startswith("expert_x_"):
         try:
-            namespace = bytes.fromhex(name[len("expert_x_"):]).decode("utf-8")
+            namespace = bytes.fromhex(name[len("expert_x_") :]).decode("utf-8")
         except ValueError:
             return None
         return namespace if namespace and table_name(namespace) == name else None
     if name.startswith("expert_"):
-        namespace = name[len("expert_"):]
+        namespace = name[len("expert_") :]
         return namespace if _PLAIN_NAMESPACE.fullmatch(namespace) else None
     return None
 
@@ -201,9 +201,7 @@ class LanceDBVectorStore(BaseModel):
             )
         stored = _table_dimensions(table)
         if stored != dimensions:
-            raise ValueError(
-                f"namespace {namespace!r} holds {stored}-dimensional vectors, not {dimensions}"
-            )
+            raise ValueError(f"namespace {namespace!r} holds {stored}-dimensional vectors, not {dimensions}")
         return table
 
     def upsert(self, namespace: str, records: Sequence[VectorRecord]) -> int:
@@ -214,12 +212,7 @@ class LanceDBVectorStore(BaseModel):
         unique = list({record.id: record for record in records}.values())
         data = _to_arrow(unique)
         table = self._open_or_create(namespace, len(unique[0].values))
-        (
-            table.merge_insert("id")
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute(data)
-        )
+        (table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data))
         return len(unique)
 
     def count(self, namespace: str) -> int:

@@ -43,22 +43,29 @@ def expert_chunks(
             file_chunks, file_tokens = run.work.write_chunks(
                 item.id,
                 chunk_pages(
-                    run.work.read_pages(item.id), item.filename, count_tokens=embedder.count_tokens,
-                    max_tokens=max_tokens, overlap_tokens=ingest_settings.chunk_overlap_tokens,
+                    run.work.read_pages(item.id),
+                    item.filename,
+                    count_tokens=embedder.count_tokens,
+                    max_tokens=max_tokens,
+                    overlap_tokens=ingest_settings.chunk_overlap_tokens,
                 ),
             )
             if file_chunks == 0:
                 failed += 1
                 reason = "no extractable text (scanned or image-only document?)"
                 catalog.fail_file(item.id, "no_text", reason)
-                run.progress.event(f"{item.filename} failed: {reason}", {"filename": item.filename, "kind": "no_text"})
+                run.progress.event(
+                    f"{item.filename} failed: {reason}", {"filename": item.filename, "kind": "no_text"}
+                )
             else:
                 catalog.set_file(item.id, chunks=file_chunks)
             chunks += file_chunks
             tokens += file_tokens
             done = EXTRACTION_SHARE * total + (1 - EXTRACTION_SHARE) * (index + 1)
             run.progress.update(
-                overall_percentage(Stage.TEXT_EXTRACTION, done, total), failed_files=failed, total_chunks=chunks,
+                overall_percentage(Stage.TEXT_EXTRACTION, done, total),
+                failed_files=failed,
+                total_chunks=chunks,
             )
         if chunks == 0 and not any(f.status == FileStatus.INDEXED for f in all_files):
             reasons = "; ".join(f"{f.filename}: {f.error_message}" for f in catalog.files(run.expert_id))

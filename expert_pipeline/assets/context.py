@@ -34,7 +34,9 @@ class StageRun:
         }
 
 
-def stage_run(context: dg.AssetExecutionContext, settings: IngestSettings, reporter: ProgressReporter) -> StageRun:
+def stage_run(
+    context: dg.AssetExecutionContext, settings: IngestSettings, reporter: ProgressReporter
+) -> StageRun:
     expert_id = context.partition_key
     run_id = context.run.run_id
     instance = context.instance

@@ -39,21 +39,30 @@ def expert_embeddings(
     run = stage_run(context, ingest_settings, progress_reporter)
     all_files = catalog.files(run.expert_id)
     batch_size = ingest_settings.embedding_batch_size
-    todo = [(i, f, run.work.count_chunks(f.id)) for i, f in enumerate(all_files) if f.status == FileStatus.PENDING]
+    todo = [
+        (i, f, run.work.count_chunks(f.id)) for i, f in enumerate(all_files) if f.status == FileStatus.PENDING
+    ]
     total_chunks = sum(n for _, _, n in todo)
     total_batches = sum(math.ceil(n / batch_size) for _, _, n in todo)
     batch = done = processed = 0
     with run.progress.guard("Embedding"):
         run.progress.stage(
-            Stage.EMBEDDING, overall_percentage(Stage.EMBEDDING, 0, 1), "Generating embeddings",
-            current_batch=0, total_batches=total_batches, current_chunk=0, total_chunks=total_chunks,
+            Stage.EMBEDDING,
+            overall_percentage(Stage.EMBEDDING, 0, 1),
+            "Generating embeddings",
+            current_batch=0,
+            total_batches=total_batches,
+            current_chunk=0,
+            total_chunks=total_chunks,
         )
         load_seconds = embedder.warm_up()
         # The ETA covers what is left of the whole ingest: embedding at the measured rate, then
         # storing vectors, which took this long for recent experts (nothing without history).
         storage_seconds = catalog.recent_stage_seconds(Stage.PINECONE_STORAGE) or 0.0
         cache = EmbeddingCache(
-            catalog.engine, embedder.model_name, embedder.dimensions,
+            catalog.engine,
+            embedder.model_name,
+            embedder.dimensions,
             on_outage_recovered=run.progress.database_recovered,
         )
         rate = RateEstimator()
@@ -89,9 +98,14 @@ def expert_embeddings(
                 rate.observe(time.monotonic(), done)
                 run.progress.update(
                     overall_percentage(Stage.EMBEDDING, done, total_chunks),
-                    current_file=item.filename, current_file_index=index, current_batch=batch,
-                    total_batches=total_batches, current_chunk=done, total_chunks=total_chunks,
-                    eta_seconds=_plus(rate.eta(total_chunks - done), storage_seconds), chunks_per_second=rate.rate,
+                    current_file=item.filename,
+                    current_file_index=index,
+                    current_batch=batch,
+                    total_batches=total_batches,
+                    current_chunk=done,
+                    total_chunks=total_chunks,
+                    eta_seconds=_plus(rate.eta(total_chunks - done), storage_seconds),
+                    chunks_per_second=rate.rate,
                     details={
                         "filename": item.filename,
                         "batch": f"{batch}/{total_batches}",
@@ -100,13 +114,20 @@ def expert_embeddings(
                     force=batch == total_batches,
                 )
             processed += 1
-            run.progress.update(overall_percentage(Stage.EMBEDDING, done, total_chunks), processed_files=processed)
+            run.progress.update(
+                overall_percentage(Stage.EMBEDDING, done, total_chunks), processed_files=processed
+            )
         _note(run, episodes.close())
     return dg.MaterializeResult(
         metadata=run.metadata(
-            chunks=done, batches=batch, model=embedder.model_name, dimensions=embedder.dimensions,
-            chunks_from_cache=from_cache, chunks_sent_to_provider=done - from_cache,
-            model_load_seconds=round(load_seconds, 3), encode_seconds=round(encode_seconds, 3),
+            chunks=done,
+            batches=batch,
+            model=embedder.model_name,
+            dimensions=embedder.dimensions,
+            chunks_from_cache=from_cache,
+            chunks_sent_to_provider=done - from_cache,
+            model_load_seconds=round(load_seconds, 3),
+            encode_seconds=round(encode_seconds, 3),
             chunks_per_second=round(done / encode_seconds, 2) if encode_seconds else 0.0,
         )
     )

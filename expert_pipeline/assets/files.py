@@ -49,7 +49,9 @@ def expert_files(
             if item.status == FileStatus.INDEXED:
                 continue  # indexed by an earlier run; its vectors are in place
             try:
-                fetched_bytes += file_storage.fetch(item.storage_key, run.work.fetched_path(item.id, item.filename))
+                fetched_bytes += file_storage.fetch(
+                    item.storage_key, run.work.fetched_path(item.id, item.filename)
+                )
             except Exception as exc:  # noqa: BLE001 - one unreachable file must not stop the others
                 # What storage answered comes first in the history, then what it meant for the file.
                 _note(run, episodes.after_step(file_storage.take_trouble(), failed=True), item.filename)
@@ -57,17 +59,23 @@ def expert_files(
                 why = f"it {exc.answer}" if isinstance(exc, ServiceUnavailable) else str(exc)
                 reason = f"could not be fetched from storage: {why}"
                 catalog.fail_file(item.id, "fetch_failed", reason)
-                run.progress.event(f"{item.filename} failed: {reason}", {"filename": item.filename, "kind": "fetch_failed"})
+                run.progress.event(
+                    f"{item.filename} failed: {reason}", {"filename": item.filename, "kind": "fetch_failed"}
+                )
             else:
                 _note(run, episodes.after_step(file_storage.take_trouble()), item.filename)
             run.progress.update(
                 overall_percentage(Stage.FILE_PROCESSING, index + 1, len(files)),
-                current_file=item.filename, current_file_index=index, failed_files=failed,
+                current_file=item.filename,
+                current_file_index=index,
+                failed_files=failed,
                 details={"filename": item.filename},
             )
         _note(run, episodes.close(), None)
     return dg.MaterializeResult(
-        metadata=run.metadata(files=len(files), already_indexed=indexed, bytes=fetched_bytes, failed_files=failed)
+        metadata=run.metadata(
+            files=len(files), already_indexed=indexed, bytes=fetched_bytes, failed_files=failed
+        )
     )
 
 

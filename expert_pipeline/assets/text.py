@@ -42,15 +42,21 @@ def expert_text(
     total = len(all_files)
     failed = sum(1 for f in all_files if f.status == FileStatus.FAILED)
     pages = characters = 0
-    limits = ExtractionLimits(ingest_settings.extraction_timeout_seconds, ingest_settings.extraction_memory_mb)
+    limits = ExtractionLimits(
+        ingest_settings.extraction_timeout_seconds, ingest_settings.extraction_memory_mb
+    )
     with run.progress.guard("Text extraction"), IsolatedExtractor(run.work, limits) as extractor:
-        run.progress.stage(Stage.TEXT_EXTRACTION, overall_percentage(Stage.TEXT_EXTRACTION, 0, 1), "Extracting text")
+        run.progress.stage(
+            Stage.TEXT_EXTRACTION, overall_percentage(Stage.TEXT_EXTRACTION, 0, 1), "Extracting text"
+        )
         for index, item in enumerate(all_files):
             if item.status != FileStatus.PENDING:
                 continue
             run.progress.update(
                 overall_percentage(Stage.TEXT_EXTRACTION, EXTRACTION_SHARE * index, total),
-                current_file=item.filename, current_file_index=index, details={"filename": item.filename},
+                current_file=item.filename,
+                current_file_index=index,
+                details={"filename": item.filename},
             )
             source = run.work.fetched_path(item.id, item.filename)
             detail: str | None = None
@@ -60,7 +66,10 @@ def expert_text(
             except ExtractionError as exc:
                 kind, reason = exc.kind, str(exc)
             except Exception as exc:  # noqa: BLE001 - a parser bug on one file must not sink the expert
-                kind, reason = "unreadable", "could not be read: it is damaged, or uses a format feature we cannot parse"
+                kind, reason = (
+                    "unreadable",
+                    "could not be read: it is damaged, or uses a format feature we cannot parse",
+                )
                 detail = f"{exc.__class__.__name__}: {exc}"  # for operators: the history and the run's log
                 context.log.warning(f"{item.filename}: {detail}")
             else:
@@ -76,7 +85,8 @@ def expert_text(
             data = {"filename": item.filename, "kind": kind, **({OPERATOR_DETAIL: detail} if detail else {})}
             run.progress.event(f"{item.filename} failed: {reason}", data)
             run.progress.update(
-                overall_percentage(Stage.TEXT_EXTRACTION, EXTRACTION_SHARE * (index + 1), total), failed_files=failed
+                overall_percentage(Stage.TEXT_EXTRACTION, EXTRACTION_SHARE * (index + 1), total),
+                failed_files=failed,
             )
     return dg.MaterializeResult(
         metadata=run.metadata(files=total, pages=pages, characters=characters, failed_files=failed)

@@ -23,7 +23,8 @@ VECTOR_COUNT_CHECK = "vector_count_matches_chunks"
     deps=[expert_embeddings],
     check_specs=[
         dg.AssetCheckSpec(
-            VECTOR_COUNT_CHECK, asset="expert_vectors",
+            VECTOR_COUNT_CHECK,
+            asset="expert_vectors",
             description="The expert's namespace holds exactly one vector per chunk.",
         )
     ],
@@ -49,8 +50,11 @@ def expert_vectors(
     stored = 0
     with run.progress.guard("Storing vectors"):
         run.progress.stage(
-            Stage.PINECONE_STORAGE, overall_percentage(Stage.PINECONE_STORAGE, 0, 1), "Storing vectors",
-            current_chunk=0, total_chunks=new_chunks,
+            Stage.PINECONE_STORAGE,
+            overall_percentage(Stage.PINECONE_STORAGE, 0, 1),
+            "Storing vectors",
+            current_chunk=0,
+            total_chunks=new_chunks,
         )
         for index, item in todo:
             vectors = run.work.read_embeddings(item.id, embedder.dimensions)
@@ -61,8 +65,12 @@ def expert_vectors(
                         id=vector_id(run.expert_id, item.id, chunk.index),
                         values=vectors[chunk.index].tolist(),
                         metadata={
-                            "expert_id": run.expert_id, "file_id": item.id, "filename": item.filename,
-                            "page": chunk.page, "chunk_index": chunk.index, "text": chunk.text,
+                            "expert_id": run.expert_id,
+                            "file_id": item.id,
+                            "filename": item.filename,
+                            "page": chunk.page,
+                            "chunk_index": chunk.index,
+                            "text": chunk.text,
                         },
                     )
                 )
@@ -71,23 +79,31 @@ def expert_vectors(
                     batch = []
                     run.progress.update(
                         overall_percentage(Stage.PINECONE_STORAGE, stored, new_chunks),
-                        current_file=item.filename, current_file_index=index, current_chunk=stored,
+                        current_file=item.filename,
+                        current_file_index=index,
+                        current_chunk=stored,
                     )
             if batch:
                 stored += vector_store.upsert(run.expert_id, batch)
             catalog.set_file(item.id, status=FileStatus.INDEXED)
-            run.progress.event(f"{item.filename} indexed", {"filename": item.filename, "chunks": item.chunks or 0})
+            run.progress.event(
+                f"{item.filename} indexed", {"filename": item.filename, "chunks": item.chunks or 0}
+            )
             run.progress.update(
                 overall_percentage(Stage.PINECONE_STORAGE, stored, new_chunks),
-                current_file=item.filename, current_file_index=index, current_chunk=stored,
+                current_file=item.filename,
+                current_file_index=index,
+                current_chunk=stored,
             )
         if not todo and not already:
             raise IngestFailed("No file could be indexed")
         in_store = vector_store.count(run.expert_id)
         failed = [f for f in catalog.files(run.expert_id) if f.status == FileStatus.FAILED]
         run.progress.update(
-            overall_percentage(Stage.PINECONE_STORAGE, stored, new_chunks), force=True,
-            processed_files=len(todo) + len(already), failed_files=len(failed),
+            overall_percentage(Stage.PINECONE_STORAGE, stored, new_chunks),
+            force=True,
+            processed_files=len(todo) + len(already),
+            failed_files=len(failed),
         )
         run.progress.completed(
             metadata={
@@ -100,7 +116,9 @@ def expert_vectors(
     # Done: the stages' hand-over files (of this run, and of earlier runs that failed) go.
     run.work.remove_expert()
     return dg.MaterializeResult(
-        metadata=run.metadata(vectors=stored, vectors_in_store=in_store, files_indexed=len(todo) + len(already)),
+        metadata=run.metadata(
+            vectors=stored, vectors_in_store=in_store, files_indexed=len(todo) + len(already)
+        ),
         check_results=[
             dg.AssetCheckResult(
                 check_name=VECTOR_COUNT_CHECK,

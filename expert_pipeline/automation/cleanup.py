@@ -31,7 +31,9 @@ from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.maintenance_settings import MaintenanceSettings
 
 
-@dg.op(description="Delete completed progress records (and their events) past retention; failed and cancelled ones after a longer retention.")
+@dg.op(
+    description="Delete completed progress records (and their events) past retention; failed and cancelled ones after a longer retention."
+)
 def remove_expired_progress(
     context: dg.OpExecutionContext, catalog: ExpertCatalog, maintenance_settings: MaintenanceSettings
 ) -> int:
@@ -75,8 +77,10 @@ class OrphanCleanupConfig(dg.Config):
     grace_seconds: float = ORPHAN_GRACE_SECONDS
 
 
-@dg.op(description="Remove stored files and vector namespaces that no expert row owns, once older than a "
-       "grace period (an upload in flight writes its files before its row commits).")
+@dg.op(
+    description="Remove stored files and vector namespaces that no expert row owns, once older than a "
+    "grace period (an upload in flight writes its files before its row commits)."
+)
 def remove_orphaned_data(
     context: dg.OpExecutionContext,
     config: OrphanCleanupConfig,
@@ -89,22 +93,33 @@ def remove_orphaned_data(
     folders = {name for name in file_storage.list_folders(EXPERTS_FOLDER) if _EXPERT_ID.fullmatch(name)}
     namespaces = {name for name in vector_store.list_namespaces() if _EXPERT_ID.fullmatch(name)}
     owned = catalog.existing_experts(folders | namespaces)
-    counts = {"file_folders_removed": 0, "files_removed": 0, "vector_namespaces_removed": 0,
-              "kept_within_grace": 0, "errors": 0}
+    counts = {
+        "file_folders_removed": 0,
+        "files_removed": 0,
+        "vector_namespaces_removed": 0,
+        "kept_within_grace": 0,
+        "errors": 0,
+    }
 
-    def remove(kind: str, expert_id: str, changed_at: Callable[[], datetime | None], delete: Callable[[], int]) -> None:
+    def remove(
+        kind: str, expert_id: str, changed_at: Callable[[], datetime | None], delete: Callable[[], int]
+    ) -> None:
         try:
             changed = changed_at()
             if changed is not None and changed > cutoff:
                 counts["kept_within_grace"] += 1
-                context.log.info(f"Kept orphaned {kind} of {expert_id}: changed {changed.isoformat()}, within the grace period")
+                context.log.info(
+                    f"Kept orphaned {kind} of {expert_id}: changed {changed.isoformat()}, within the grace period"
+                )
                 return
             if catalog.existing_experts([expert_id]):
                 return  # its upload committed after the listing
             removed = delete()
         except Exception as exc:  # noqa: BLE001 - one store error must not stop the others' cleanup
             counts["errors"] += 1
-            context.log.warning(f"Could not remove orphaned {kind} of {expert_id}: {type(exc).__name__}: {exc}")
+            context.log.warning(
+                f"Could not remove orphaned {kind} of {expert_id}: {type(exc).__name__}: {exc}"
+            )
             return
         if kind == "files":
             counts["file_folders_removed"] += 1
@@ -115,7 +130,12 @@ def remove_orphaned_data(
 
     for expert_id in sorted(folders - owned):
         prefix = expert_prefix(expert_id)
-        remove("files", expert_id, partial(file_storage.modified_at, prefix), partial(file_storage.delete_prefix, prefix))
+        remove(
+            "files",
+            expert_id,
+            partial(file_storage.modified_at, prefix),
+            partial(file_storage.delete_prefix, prefix),
+        )
 
     def drop(namespace: str) -> int:
         vector_store.delete_namespace(namespace)
@@ -135,8 +155,10 @@ def remove_orphaned_data(
     return counts
 
 
-@dg.op(description="Delete finished webhook deliveries past the completed-records retention, and "
-       "embedding-cache entries older than their retention.")
+@dg.op(
+    description="Delete finished webhook deliveries past the completed-records retention, and "
+    "embedding-cache entries older than their retention."
+)
 def prune_outbox_and_cache(
     context: dg.OpExecutionContext, catalog: ExpertCatalog, maintenance_settings: MaintenanceSettings
 ) -> dict[str, int]:
@@ -145,12 +167,16 @@ def prune_outbox_and_cache(
         deliveries_before=now - timedelta(days=maintenance_settings.completed_retention_days),
         cache_before=now - timedelta(days=maintenance_settings.embedding_cache_retention_days),
     )
-    context.log.info(f"Pruned {removed['webhook_deliveries']} webhook deliveries, {removed['embedding_cache_entries']} cached embeddings")
+    context.log.info(
+        f"Pruned {removed['webhook_deliveries']} webhook deliveries, {removed['embedding_cache_entries']} cached embeddings"
+    )
     return removed
 
 
-@dg.job(description="Daily cleanup of old progress records, deleted experts' leftovers, orphaned files and vectors, "
-        "the webhook outbox and the embedding cache.")
+@dg.job(
+    description="Daily cleanup of old progress records, deleted experts' leftovers, orphaned files and vectors, "
+    "the webhook outbox and the embedding cache."
+)
 def cleanup_job() -> None:
     remove_expired_progress()
     remove_deleted_experts()

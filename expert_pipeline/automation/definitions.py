@@ -19,7 +19,9 @@ def automation_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         jobs=[cleanup_job],
         sensors=[
-            pending_experts_sensor, ingest_failure_sensor, ingest_cancelled_sensor,
+            pending_experts_sensor,
+            ingest_failure_sensor,
+            ingest_cancelled_sensor,
             build_dead_run_sensor(check_interval_for(settings.dead_run_after_seconds)),
             webhook_delivery_sensor,
         ],

@@ -57,7 +57,11 @@ def _expert_of(run: dg.DagsterRun) -> str | None:
 
 
 def _finish(
-    context: dg.RunStatusSensorContext, catalog: ExpertCatalog, status: Status, message: str, detail: str | None = None
+    context: dg.RunStatusSensorContext,
+    catalog: ExpertCatalog,
+    status: Status,
+    message: str,
+    detail: str | None = None,
 ) -> None:
     """Give the expert its final state for a run that ended outside asset code, but only when
     that run owns the row: a cancelled or killed run's end must not overwrite a newer request."""
@@ -96,7 +100,10 @@ def ingest_failure_sensor(context: dg.RunFailureSensorContext, catalog: ExpertCa
         "cause in the Dagster UI"
     )
     _finish(
-        context, catalog, Status.FAILED, f"Processing stopped unexpectedly: {reason}",
+        context,
+        catalog,
+        Status.FAILED,
+        f"Processing stopped unexpectedly: {reason}",
         detail=context.failure_event.message or None,
     )
 

@@ -37,7 +37,10 @@ class OpenAIChat:
             import openai  # imported on first use: the SDK is slow to import
 
             self._client = openai.OpenAI(
-                api_key=self.api_key, base_url=self.base_url, timeout=self.timeout_seconds, max_retries=self.max_retries
+                api_key=self.api_key,
+                base_url=self.base_url,
+                timeout=self.timeout_seconds,
+                max_retries=self.max_retries,
             )
         return self._client
 
@@ -73,5 +76,7 @@ def _renumber(text: str, sources: list[Source]) -> tuple[str, list[Source]]:
     if not order:
         return _CITATION.sub("", text).strip(), sources
     new_number = {old: new for new, old in enumerate(order, 1)}
-    renumbered = _CITATION.sub(lambda m: f"[{new_number[int(m.group(1))]}]" if int(m.group(1)) in new_number else "", text)
+    renumbered = _CITATION.sub(
+        lambda m: f"[{new_number[int(m.group(1))]}]" if int(m.group(1)) in new_number else "", text
+    )
     return renumbered.strip(), [sources[n - 1] for n in order]

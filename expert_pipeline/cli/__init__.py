@@ -8,9 +8,13 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from expert_pipeline.core.db import migrate
 from expert_pipeline.core.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def _cmd_migrate(_: argparse.Namespace) -> int:
@@ -33,7 +37,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return ingest_files(name=args.name, paths=args.files, agent_id=args.agent_id, verbose=args.verbose)
 
 
-def _tokens_session():  # type: ignore[no-untyped-def]
+def _tokens_session() -> Session:
     from sqlalchemy.orm import Session
 
     from expert_pipeline.core.db import engine_for
@@ -49,7 +53,7 @@ _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w
 
 
 def parse_duration(text: str) -> timedelta:
-    """"30d", "12h", "90m", "2w", "45s" -> a timedelta (argparse type: a clear error otherwise)."""
+    """ "30d", "12h", "90m", "2w", "45s" -> a timedelta (argparse type: a clear error otherwise)."""
     match = _DURATION.match(text or "")
     if not match or int(match.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d, 12h, 90m, 2w or 45s")
@@ -94,7 +98,9 @@ def _cmd_tokens_list(_: argparse.Namespace) -> int:
         print("no API tokens: the status API runs in local mode (this machine only)")
         return 0
     now = datetime.now(UTC)
-    print(f"{'ID':36s} {'OWNER':20s} {'OPERATOR':8s} {'STATE':8s} {'CREATED':25s} {'LAST USED':25s} {'EXPIRES':25s} EMAIL")
+    print(
+        f"{'ID':36s} {'OWNER':20s} {'OPERATOR':8s} {'STATE':8s} {'CREATED':25s} {'LAST USED':25s} {'EXPIRES':25s} EMAIL"
+    )
     for row in rows:
         reason = refusal(row, now)
         state = "revoked" if row.revoked_at is not None else "expired" if reason else "active"
@@ -115,7 +121,9 @@ def _cmd_tokens_revoke(args: argparse.Namespace) -> int:
         except LookupError as error:
             print(str(error), file=sys.stderr)
             return 2
-    print(f"revoked token {row.id} of {row.owner} (at {_when(row.revoked_at, '')}); its open streams end within 30 s")
+    print(
+        f"revoked token {row.id} of {row.owner} (at {_when(row.revoked_at, '')}); its open streams end within 30 s"
+    )
     return 0
 
 
@@ -125,12 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_cmd_migrate)
     up = sub.add_parser("up", help="run the status API, Dagster UI and daemon on embedded defaults")
     up.add_argument("--api-only", action="store_true", help="run only the status API")
-    up.add_argument("--verbose", action="store_true", help="show the servers' whole output, not only warnings and errors")
+    up.add_argument(
+        "--verbose", action="store_true", help="show the servers' whole output, not only warnings and errors"
+    )
     up.set_defaults(func=_cmd_up)
     ingest = sub.add_parser("ingest", help="ingest files into a new expert in this process")
     ingest.add_argument("--name", required=True)
     ingest.add_argument("--agent-id", default=None)
-    ingest.add_argument("--verbose", action="store_true", help="show Dagster's event log instead of the progress bar")
+    ingest.add_argument(
+        "--verbose", action="store_true", help="show Dagster's event log instead of the progress bar"
+    )
     ingest.add_argument("files", nargs="+")
     ingest.set_defaults(func=_cmd_ingest)
     tokens = sub.add_parser("tokens", help="manage status API tokens")
@@ -138,15 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     create = tokens_sub.add_parser("create", help="create a token (printed once)")
     create.add_argument("--owner", required=True, help="who the token belongs to; their experts are theirs")
     create.add_argument("--operator", action="store_true", help="the token sees and acts on every expert")
-    create.add_argument("--expires-in", type=parse_duration, default=None, metavar="DURATION",
-                        help="refuse the token after this long: 30d, 12h, 90m, 2w (default: never)")
+    create.add_argument(
+        "--expires-in",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="refuse the token after this long: 30d, 12h, 90m, 2w (default: never)",
+    )
     create.add_argument("--email", type=_email, default=None, help="where the owner's completion mail goes")
     create.set_defaults(func=_cmd_tokens_create)
     tokens_sub.add_parser(
         "list", help="list tokens: id, owner, state, expiry (never the tokens themselves)"
     ).set_defaults(func=_cmd_tokens_list)
     revoke = tokens_sub.add_parser("revoke", help="revoke a token at once (its open streams end within 30 s)")
-    revoke.add_argument("token", help="the token's id as `tokens list` shows it, a unique start of it, or the token")
+    revoke.add_argument(
+        "token", help="the token's id as `tokens list` shows it, a unique start of it, or the token"
+    )
     revoke.set_defaults(func=_cmd_tokens_revoke)
     return parser
 

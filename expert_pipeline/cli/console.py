@@ -93,7 +93,7 @@ class ExpertWatcher:
 
 
 def describe(record: ExpertProcessingProgress, name: str | None) -> str | None:
-    who = f"expert \"{name or record.expert_id}\" ({record.expert_id[:8]})"
+    who = f'expert "{name or record.expert_id}" ({record.expert_id[:8]})'
     if record.status == Status.IN_PROGRESS:
         return f"{who}: processing {record.total_files} file(s)"
     if record.status == Status.COMPLETED:

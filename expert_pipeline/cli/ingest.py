@@ -31,8 +31,10 @@ from expert_pipeline.text.extraction import SUPPORTED_EXTENSIONS
 
 def render_bar(record: ExpertProcessingProgress, width: int = 30) -> str:
     filled = int(width * record.progress_percentage / 100)
-    parts = [f"[{'#' * filled}{'.' * (width - filled)}] {record.progress_percentage:5.1f}%",
-             stage_label(record.stage)]
+    parts = [
+        f"[{'#' * filled}{'.' * (width - filled)}] {record.progress_percentage:5.1f}%",
+        stage_label(record.stage),
+    ]
     if record.total_files:
         parts.append(f"file {min(record.current_file_index + 1, record.total_files)}/{record.total_files}")
     if record.stage == "embedding" and record.total_batches:
@@ -56,15 +58,22 @@ def ingest_files(name: str, paths: Sequence[str], agent_id: str | None = None, v
         return 2
     engine = engine_for(settings.resolved_database_url)
     limits = UploadLimits(
-        max_files=settings.max_upload_files, max_file_bytes=settings.max_upload_file_bytes,
-        max_total_bytes=settings.max_upload_total_bytes, allowed_extensions=SUPPORTED_EXTENSIONS,
+        max_files=settings.max_upload_files,
+        max_file_bytes=settings.max_upload_file_bytes,
+        max_total_bytes=settings.max_upload_total_bytes,
+        allowed_extensions=SUPPORTED_EXTENSIONS,
     )
     with ExitStack() as stack, Session(engine, expire_on_commit=False) as session:
         uploads = [Upload(Path(p).name, stack.enter_context(open(p, "rb"))) for p in paths]
         try:
             expert, _ = experts_service.create_expert(
-                session, build_file_storage(settings), name=name, uploads=uploads, limits=limits,
-                agent_id=agent_id, queued=False,
+                session,
+                build_file_storage(settings),
+                name=name,
+                uploads=uploads,
+                limits=limits,
+                agent_id=agent_id,
+                queued=False,
             )
         except UploadRejected as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -77,11 +86,16 @@ def ingest_files(name: str, paths: Sequence[str], agent_id: str | None = None, v
     outcome: dict[str, bool] = {}
     worker = threading.Thread(
         target=lambda: outcome.setdefault(
-            "ok", job.execute_in_process(
-                partition_key=expert.id, instance=instance, raise_on_error=False,
+            "ok",
+            job.execute_in_process(
+                partition_key=expert.id,
+                instance=instance,
+                raise_on_error=False,
                 # Dagster's event log would tear the bar apart line by line; --verbose shows it.
-                run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}}},
-            ).success
+                run_config={
+                    "loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}}
+                },
+            ).success,
         ),
         daemon=True,
     )
@@ -107,8 +121,11 @@ def ingest_files(name: str, paths: Sequence[str], agent_id: str | None = None, v
             line = render_bar(record)
             if line != last_line:
                 columns = shutil.get_terminal_size((100, 20)).columns
-                print(("\r" + line[: columns - 1].ljust(columns - 1)) if interactive else line,
-                      end="" if interactive else "\n", flush=True)
+                print(
+                    ("\r" + line[: columns - 1].ljust(columns - 1)) if interactive else line,
+                    end="" if interactive else "\n",
+                    flush=True,
+                )
                 last_line = line
         if not alive:
             break

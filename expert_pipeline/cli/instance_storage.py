@@ -27,8 +27,10 @@ def prepare_instance(dagster_home: Path, say: Callable[[str], None] = print) -> 
     from dagster import DagsterInstance
 
     for database, kept, dropped in repair_alembic_versions(dagster_home):
-        say(f"repaired {database}: it had {len(dropped) + 1} alembic versions (from concurrent first starts); "
-            f"kept {kept}, dropped {', '.join(dropped)}")
+        say(
+            f"repaired {database}: it had {len(dropped) + 1} alembic versions (from concurrent first starts); "
+            f"kept {kept}, dropped {', '.join(dropped)}"
+        )
     try:
         with DagsterInstance.from_config(str(dagster_home)) as instance:
             instance.upgrade(print_fn=lambda _message: None)

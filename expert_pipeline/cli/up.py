@@ -57,10 +57,16 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
     bin_dir = Path(sys.executable).parent
     commands: dict[str, list[str]] = {
         "status API": [
-            str(bin_dir / "uvicorn"), "status_api.main:create_app", "--factory",
-            "--host", host, "--port", str(settings.status_api_port),
+            str(bin_dir / "uvicorn"),
+            "status_api.main:create_app",
+            "--factory",
+            "--host",
+            host,
+            "--port",
+            str(settings.status_api_port),
             # Open live streams (SSE) would otherwise hold a shutdown for the full kill delay.
-            "--timeout-graceful-shutdown", "3",
+            "--timeout-graceful-shutdown",
+            "3",
         ],
     }
     urls = {"status API": f"http://{host}:{settings.status_api_port}/docs"}
@@ -81,8 +87,13 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
             return 1
         workspace = str(REPO_ROOT / "workspace.yaml")
         commands["Dagster UI"] = [
-            str(bin_dir / "dagster-webserver"), "-w", workspace,
-            "-h", "127.0.0.1", "-p", str(settings.dagster_webserver_port),
+            str(bin_dir / "dagster-webserver"),
+            "-w",
+            workspace,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(settings.dagster_webserver_port),
         ]
         # Sensors tick every second; their INFO lines go to the log file, not the console.
         commands["Dagster daemon"] = [str(bin_dir / "dagster-daemon"), "run", "-w", workspace]
@@ -105,7 +116,12 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     processes = {
         name: subprocess.Popen(
-            cmd, env=env, cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            cmd,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         for name, cmd in commands.items()
     }
@@ -123,7 +139,10 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
             exited = next(((n, p) for n, p in processes.items() if p.poll() is not None), None)
             if exited is not None:
                 name, proc = exited
-                print(f"{name} exited with code {proc.returncode} (its log: {logs}); stopping the others", flush=True)
+                print(
+                    f"{name} exited with code {proc.returncode} (its log: {logs}); stopping the others",
+                    flush=True,
+                )
                 code = proc.returncode or 1
                 break
     finally:

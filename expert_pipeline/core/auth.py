@@ -48,6 +48,8 @@ BAD_TICKET = (
 
 class Refused(Exception):
     """A credential that is not accepted; the message is what the client is told."""
+
+
 # last_used_at is written at most this often per token (not a write per request).
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
@@ -87,8 +89,15 @@ def create_token(
         raise ValueError("a token's lifetime must be positive")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     expires_at = utcnow() + expires_in if expires_in is not None else None
-    db.add(ApiToken(owner=owner, token_sha256=hash_token(token), operator=operator, expires_at=expires_at,
-                    email=(email or "").strip() or None))
+    db.add(
+        ApiToken(
+            owner=owner,
+            token_sha256=hash_token(token),
+            operator=operator,
+            expires_at=expires_at,
+            email=(email or "").strip() or None,
+        )
+    )
     db.commit()
     return token
 
@@ -146,7 +155,9 @@ def revoke_token(db: Session, id_or_prefix: str) -> ApiToken:
     if not rows:
         raise LookupError(f"no API token matches {key!r}")
     if len(rows) > 1:
-        raise LookupError(f"{key!r} matches {len(rows)} tokens ({', '.join(r.id for r in rows)}): give more of the id")
+        raise LookupError(
+            f"{key!r} matches {len(rows)} tokens ({', '.join(r.id for r in rows)}): give more of the id"
+        )
     row = rows[0]
     if row.revoked_at is None:
         row.revoked_at = utcnow()
@@ -173,8 +184,13 @@ def issue_stream_ticket(db: Session, principal: Principal) -> str:
     ticket = TICKET_PREFIX + secrets.token_urlsafe(32)
     now = utcnow()
     db.execute(delete(StreamTicket).where(StreamTicket.expires_at <= now))
-    db.add(StreamTicket(ticket_sha256=hash_token(ticket), token_id=principal.token_id,
-                        expires_at=now + timedelta(seconds=STREAM_TICKET_SECONDS)))
+    db.add(
+        StreamTicket(
+            ticket_sha256=hash_token(ticket),
+            token_id=principal.token_id,
+            expires_at=now + timedelta(seconds=STREAM_TICKET_SECONDS),
+        )
+    )
     db.commit()
     return ticket
 

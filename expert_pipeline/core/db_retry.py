@@ -58,7 +58,9 @@ def call_with_db_retry(
         attempt = getattr(state, "attempt_number", 0)
         outcome = getattr(state, "outcome", None)
         error = outcome.exception() if outcome is not None else None
-        log.warning("%s failed (attempt %d), retrying: %s", what, attempt, str(error).splitlines()[0] if error else "")
+        log.warning(
+            "%s failed (attempt %d), retrying: %s", what, attempt, str(error).splitlines()[0] if error else ""
+        )
 
     retrying = Retrying(
         retry=retry_if_exception(is_transient),

@@ -43,8 +43,9 @@ class EmbeddingCache:
         def read() -> dict[str, np.ndarray]:
             with Session(self.engine) as session:
                 rows = session.execute(
-                    select(EmbeddingCacheEntry.key, EmbeddingCacheEntry.vector)
-                    .where(EmbeddingCacheEntry.key.in_(set(keys)))
+                    select(EmbeddingCacheEntry.key, EmbeddingCacheEntry.vector).where(
+                        EmbeddingCacheEntry.key.in_(set(keys))
+                    )
                 )
                 return {key: np.frombuffer(blob, dtype=np.float32) for key, blob in rows}
 

@@ -50,8 +50,6 @@ class UploadRejected(ValueError):
         self.status_code = status_code
 
 
-
-
 @dataclass(frozen=True)
 class Upload:
     filename: str
@@ -101,7 +99,10 @@ def check_plain_text(value: str | None, field: str) -> None:
     """Refuse (422) a text field holding a control (C0, DEL, C1) or bidirectional-control character."""
     if not value:
         return
-    for pattern, kind in ((_CONTROL_CHARS, "a control character"), (_BIDI_CHARS, "an invisible text-direction mark")):
+    for pattern, kind in (
+        (_CONTROL_CHARS, "a control character"),
+        (_BIDI_CHARS, "an invisible text-direction mark"),
+    ):
         found = pattern.search(value)
         if found:
             code = f"U+{ord(found.group()):04X}"
@@ -152,13 +153,19 @@ def _store_files(
                 raise UploadRejected(f"'{filename}': {exc}", 413) from exc
             rows.append(
                 ExpertFile(
-                    id=file_id, expert_id=expert_id, filename=filename, storage_key=stored.key,
-                    size_bytes=stored.size_bytes, content_sha256=stored.sha256,
+                    id=file_id,
+                    expert_id=expert_id,
+                    filename=filename,
+                    storage_key=stored.key,
+                    size_bytes=stored.size_bytes,
+                    content_sha256=stored.sha256,
                 )
             )
             total += stored.size_bytes
             if total > limits.max_total_bytes:
-                raise UploadRejected(f"the upload is larger than the limit of {limits.max_total_bytes} bytes", 413)
+                raise UploadRejected(
+                    f"the upload is larger than the limit of {limits.max_total_bytes} bytes", 413
+                )
     except BaseException:
         remove_stored(storage, expert_id, rows)
         raise

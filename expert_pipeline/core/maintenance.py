@@ -30,7 +30,9 @@ def pending_requests(session: Session, limit: int = 100) -> list[ExpertProcessin
 
 def silent_runs(session: Session, silent_since: datetime) -> list[ExpertProcessingProgress]:
     """In-progress experts whose run has given no sign of life since `silent_since`."""
-    query = select(P).where(P.status == Status.IN_PROGRESS, func.coalesce(P.heartbeat_at, P.updated_at) < silent_since)
+    query = select(P).where(
+        P.status == Status.IN_PROGRESS, func.coalesce(P.heartbeat_at, P.updated_at) < silent_since
+    )
     return list(session.scalars(query))
 
 
@@ -52,7 +54,9 @@ def existing_experts(session: Session, expert_ids: Iterable[str]) -> set[str]:
     return set(session.scalars(select(Expert.id).where(Expert.id.in_(ids))))
 
 
-def prune_outbox_and_cache(session: Session, deliveries_before: datetime, cache_before: datetime) -> dict[str, int]:
+def prune_outbox_and_cache(
+    session: Session, deliveries_before: datetime, cache_before: datetime
+) -> dict[str, int]:
     """Finished deliveries and old cached embeddings go; pending deliveries are still owed."""
     D = WebhookDelivery
     deliveries = rows_affected(
@@ -62,6 +66,8 @@ def prune_outbox_and_cache(session: Session, deliveries_before: datetime, cache_
             D.next_attempt_at < deliveries_before,
         ),
     )
-    cached = rows_affected(session, delete(EmbeddingCacheEntry).where(EmbeddingCacheEntry.created_at < cache_before))
+    cached = rows_affected(
+        session, delete(EmbeddingCacheEntry).where(EmbeddingCacheEntry.created_at < cache_before)
+    )
     session.commit()
     return {"webhook_deliveries": deliveries, "embedding_cache_entries": cached}

@@ -50,11 +50,15 @@ class PipelineState:
             return f"No pipeline worker has taken this: {self.diagnosis}"
         age = self.age(now)
         if age is None:
-            return ("No pipeline worker has taken this: the Dagster daemon has never run against this "
-                    "database (start the product with `make up`)")
-        return ("No pipeline worker has taken this: the Dagster daemon is not running, or the "
-                f"pipeline's code location failed to load (last sign of life {_ago(age)} ago; the "
-                "Dagster UI's Deployment page says which)")
+            return (
+                "No pipeline worker has taken this: the Dagster daemon has never run against this "
+                "database (start the product with `make up`)"
+            )
+        return (
+            "No pipeline worker has taken this: the Dagster daemon is not running, or the "
+            f"pipeline's code location failed to load (last sign of life {_ago(age)} ago; the "
+            "Dagster UI's Deployment page says which)"
+        )
 
 
 def read_state(session: Session, name: str = PENDING_SENSOR) -> PipelineState:
@@ -86,8 +90,10 @@ def stall_reason(
     if record.status == Status.IN_PROGRESS:
         alive = record.heartbeat_at or record.updated_at
         if now - alive > limit:
-            return (f"No sign of life from the run for {_ago((now - alive).total_seconds())}: its worker "
-                    "may be overloaded or gone (a run silent for DEAD_RUN_AFTER_SECONDS is failed and retried)")
+            return (
+                f"No sign of life from the run for {_ago((now - alive).total_seconds())}: its worker "
+                "may be overloaded or gone (a run silent for DEAD_RUN_AFTER_SECONDS is failed and retried)"
+            )
         return None
     waiting = record.status == Status.PENDING and now - record.started_at > limit
     if waiting and pipeline is not None and not pipeline.alive(now):
@@ -99,7 +105,9 @@ def stalled_pending(session: Session, now: datetime, stall_after_seconds: float)
     """How many experts wait in `pending` for longer than the stall allowance."""
     cutoff = now - timedelta(seconds=stall_after_seconds)
     P = ExpertProcessingProgress
-    return len(list(session.scalars(select(P.expert_id).where(P.status == Status.PENDING, P.started_at < cutoff))))
+    return len(
+        list(session.scalars(select(P.expert_id).where(P.status == Status.PENDING, P.started_at < cutoff)))
+    )
 
 
 def _ago(seconds: float) -> str:

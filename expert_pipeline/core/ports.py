@@ -13,6 +13,7 @@ from typing import BinaryIO, NamedTuple, Protocol
 
 # -- file storage ------------------------------------------------------------------------------
 
+
 class StoredFile(NamedTuple):
     key: str
     size_bytes: int
@@ -36,15 +37,18 @@ class FileStorage(Protocol):
     def list_folders(self, prefix: str) -> list[str]:
         """The names of the "folders" directly below `prefix` (e.g. expert ids under "experts/")."""
         ...
+
     def modified_at(self, prefix: str) -> datetime | None:
         """When anything below the folder `prefix` last changed (UTC); None if nothing is there."""
         ...
+
     def take_trouble(self) -> dict[int, int]:
         """Answers a remote store gave that its SDK retried (status -> count) since the last call."""
         ...
 
 
 # -- embeddings --------------------------------------------------------------------------------
+
 
 class Embedder(Protocol):
     """What the pipeline needs from an embedding model."""

@@ -123,7 +123,9 @@ class ExpertProcessingProgressService:
         if expert_ids is not None:
             query = query.where(ExpertProcessingProgress.expert_id.in_(expert_ids))
         return list(
-            self.db.scalars(query.order_by(ExpertProcessingProgress.started_at, ExpertProcessingProgress.expert_id))
+            self.db.scalars(
+                query.order_by(ExpertProcessingProgress.started_at, ExpertProcessingProgress.expert_id)
+            )
         )
 
     def list_events(
@@ -205,7 +207,9 @@ class ExpertProcessingProgressService:
         message = "Processing started"
         if retry_of:
             message = "Processing restarted automatically after a failed run" + (f": {why}" if why else "")
-        self._event(record, message, {"run_id": run_id, "retry_of": retry_of} if retry_of else {"run_id": run_id}, now)
+        self._event(
+            record, message, {"run_id": run_id, "retry_of": retry_of} if retry_of else {"run_id": run_id}, now
+        )
         self.db.commit()
         return record
 
@@ -406,7 +410,8 @@ class ExpertProcessingProgressService:
         if not expert_ids:
             return 0
         deleted = rows_affected(
-            self.db, delete(ExpertProcessingProgress).where(ExpertProcessingProgress.expert_id.in_(expert_ids))
+            self.db,
+            delete(ExpertProcessingProgress).where(ExpertProcessingProgress.expert_id.in_(expert_ids)),
         )
         self.db.execute(delete(ProgressEvent).where(ProgressEvent.expert_id.in_(expert_ids)))
         self.db.commit()
@@ -505,4 +510,3 @@ class ExpertProcessingProgressService:
         )
         self.db.add(event)
         return event
-

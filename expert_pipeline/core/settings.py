@@ -18,7 +18,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 class Settings(BaseSettings):
     # hide_input_in_errors: a bad SMTP_URL (or any model-level error) must not echo passwords or keys.
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False, hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", case_sensitive=False, hide_input_in_errors=True
+    )
 
     expert_pipeline_home: Path = Field(default=Path("./.expert_pipeline"))
     database_url: str | None = None
@@ -136,7 +138,9 @@ class Settings(BaseSettings):
     def _mail_fully_configured(self) -> Settings:
         # Half-configured mail would fail every delivery; refuse at startup instead.
         if self.smtp_url is not None and not self.notify_email_from:
-            raise ValueError("SMTP_URL is set but NOTIFY_EMAIL_FROM is not: set the sender address for notifications")
+            raise ValueError(
+                "SMTP_URL is set but NOTIFY_EMAIL_FROM is not: set the sender address for notifications"
+            )
         return self
 
     @property
@@ -214,7 +218,9 @@ def parse_smtp_url(url: str) -> SmtpServer:
     if not parts.hostname:
         raise ValueError("SMTP_URL: no host (expected smtp://user:pass@host:port)")
     return SmtpServer(
-        security=security, host=parts.hostname, port=port,
+        security=security,
+        host=parts.hostname,
+        port=port,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
     )
@@ -227,7 +233,7 @@ def normalize_database_url(url: str) -> str:
     url = url.strip()
     for prefix in ("postgres://", "postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix):]
+            return "postgresql+psycopg2://" + url[len(prefix) :]
     return url
 
 

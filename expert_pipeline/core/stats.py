@@ -60,7 +60,9 @@ def ingest_stats(db: Session, since: datetime, expert_ids: Any = None) -> dict[s
     per_stage: dict[str, list[float]] = defaultdict(list)
     if finished_ids:
         events_by_expert: dict[str, list[ProgressEvent]] = defaultdict(list)
-        query = select(ProgressEvent).where(ProgressEvent.expert_id.in_(finished_ids), ProgressEvent.created_at >= since)
+        query = select(ProgressEvent).where(
+            ProgressEvent.expert_id.in_(finished_ids), ProgressEvent.created_at >= since
+        )
         for event in db.scalars(query.order_by(ProgressEvent.id)):
             events_by_expert[event.expert_id].append(event)
         for events in events_by_expert.values():
@@ -69,21 +71,22 @@ def ingest_stats(db: Session, since: datetime, expert_ids: Any = None) -> dict[s
             for stage, seconds in stage_durations(events[starts[-1] if starts else 0 :]).items():
                 per_stage[stage].append(seconds)
     run_seconds = [
-        (r.completed_at - r.started_at).total_seconds() for r in records if r.status == Status.COMPLETED and r.completed_at
+        (r.completed_at - r.started_at).total_seconds()
+        for r in records
+        if r.status == Status.COMPLETED and r.completed_at
     ]
     completed_chunks = sum(r.total_chunks for r in records if r.status == Status.COMPLETED)
     reasons = Counter(
-        kind or "unknown"
-        for kind in db.scalars(
-            select(ExpertFile.error_kind).where(*file_scope)
-        )
+        kind or "unknown" for kind in db.scalars(select(ExpertFile.error_kind).where(*file_scope))
     )
     return {
         "since": since,
         "counts_by_status": {s.value: int(counts.get(s.value, 0)) for s in Status},
         "seconds_per_stage": {s.value: _percentiles(per_stage.get(s.value, [])) for s in WORK_STAGES},
         "seconds_per_expert": _percentiles(run_seconds),
-        "throughput_chunks_per_second": round(completed_chunks / sum(run_seconds), 2) if run_seconds and sum(run_seconds) else None,
+        "throughput_chunks_per_second": round(completed_chunks / sum(run_seconds), 2)
+        if run_seconds and sum(run_seconds)
+        else None,
         "failed_files_by_kind": dict(reasons.most_common()),
     }
 
@@ -93,13 +96,20 @@ def recent_stage_seconds(db: Session, stage: Stage, experts: int = 20) -> float 
     `stage`, or None without history. Used to tell users how long the stages after the one
     they are watching will take."""
     P = ExpertProcessingProgress
-    ids = list(db.scalars(
-        select(P.expert_id).where(P.status == Status.COMPLETED).order_by(P.completed_at.desc()).limit(experts)
-    ))
+    ids = list(
+        db.scalars(
+            select(P.expert_id)
+            .where(P.status == Status.COMPLETED)
+            .order_by(P.completed_at.desc())
+            .limit(experts)
+        )
+    )
     if not ids:
         return None
     events_by_expert: dict[str, list[ProgressEvent]] = defaultdict(list)
-    for event in db.scalars(select(ProgressEvent).where(ProgressEvent.expert_id.in_(ids)).order_by(ProgressEvent.id)):
+    for event in db.scalars(
+        select(ProgressEvent).where(ProgressEvent.expert_id.in_(ids)).order_by(ProgressEvent.id)
+    ):
         events_by_expert[event.expert_id].append(event)
     seconds = []
     for events in events_by_expert.values():

@@ -41,7 +41,9 @@ class ExpertWorkArea:
 
     def write_pages(self, file_id: str, pages: Iterable[PageText]) -> tuple[int, int]:
         """Stream pages to disk; returns (pages, characters)."""
-        return _write_jsonl(self.text_path(file_id), ({"page": p.page, "text": p.text} for p in pages), "text")
+        return _write_jsonl(
+            self.text_path(file_id), ({"page": p.page, "text": p.text} for p in pages), "text"
+        )
 
     def read_pages(self, file_id: str) -> Iterator[PageText]:
         for row in _read_jsonl(self.text_path(file_id)):

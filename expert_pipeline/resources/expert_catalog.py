@@ -88,29 +88,47 @@ class ExpertCatalog(dg.ConfigurableResource):
         return self._run("silent runs", lambda session: maintenance.silent_runs(session, silent_since))
 
     def progress(self, expert_id: str) -> ExpertProcessingProgress | None:
-        return self._run("progress lookup", lambda session: ExpertProcessingProgressService(session).get_progress(expert_id))
+        return self._run(
+            "progress lookup",
+            lambda session: ExpertProcessingProgressService(session).get_progress(expert_id),
+        )
 
     def finish_if(
-        self, expert_id: str, status: Status, message: str,
-        owns: Callable[[ExpertProcessingProgress], bool], detail: str | None = None,
+        self,
+        expert_id: str,
+        status: Status,
+        message: str,
+        owns: Callable[[ExpertProcessingProgress], bool],
+        detail: str | None = None,
     ) -> bool:
         """The final state, only if `owns(record)` holds under the row lock (see the service)."""
         return self._run(
             "final state",
-            lambda session: ExpertProcessingProgressService(session).finish_if(expert_id, status, message, owns, detail),
+            lambda session: ExpertProcessingProgressService(session).finish_if(
+                expert_id, status, message, owns, detail
+            ),
         )
 
     def note(self, expert_id: str, message: str, data: dict[str, Any]) -> None:
-        self._run("history note", lambda session: ExpertProcessingProgressService(session).record_event(expert_id, message, data))
+        self._run(
+            "history note",
+            lambda session: ExpertProcessingProgressService(session).record_event(expert_id, message, data),
+        )
 
     def record_pipeline_beat(self, details: dict[str, Any]) -> None:
         self._run("pipeline heartbeat", lambda session: record_beat(session, details))
 
     def expired_progress(self, completed_before: datetime, failed_before: datetime) -> list[str]:
-        return self._run("expired progress", lambda session: maintenance.expired_progress(session, completed_before, failed_before))
+        return self._run(
+            "expired progress",
+            lambda session: maintenance.expired_progress(session, completed_before, failed_before),
+        )
 
     def delete_progress(self, expert_ids: Sequence[str]) -> int:
-        return self._run("progress deletion", lambda session: ExpertProcessingProgressService(session).delete_many(expert_ids))
+        return self._run(
+            "progress deletion",
+            lambda session: ExpertProcessingProgressService(session).delete_many(expert_ids),
+        )
 
     def existing_experts(self, expert_ids: Iterable[str]) -> set[str]:
         ids = list(expert_ids)

@@ -43,7 +43,10 @@ class S3FileStorageResource(dg.ConfigurableResource):
         from expert_pipeline.adapters.s3_file_storage import S3FileStorage
 
         return S3FileStorage(
-            bucket=self.bucket, prefix=self.prefix, endpoint_url=self.endpoint_url, region_name=self.region_name
+            bucket=self.bucket,
+            prefix=self.prefix,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region_name,
         )
 
 
@@ -67,7 +70,9 @@ class OpenAIEmbedderResource(dg.ConfigurableResource):
         from expert_pipeline.adapters.openai.embedder import OpenAIEmbedder
 
         embedder = OpenAIEmbedder(
-            api_key=self.api_key, base_url=self.base_url, model=self.model,
+            api_key=self.api_key,
+            base_url=self.base_url,
+            model=self.model,
             embedding_dimensions=self.embedding_dimensions,
         )
         try:
@@ -106,21 +111,30 @@ def part_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """The file storage, embedder and vector store resources for the parts `settings` selects."""
     file_storage: dg.ConfigurableResource = (
         S3FileStorageResource(
-            bucket=settings.s3_bucket or "", prefix=settings.s3_prefix,
-            endpoint_url=settings.aws_endpoint_url, region_name=settings.aws_region,
+            bucket=settings.s3_bucket or "",
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.aws_endpoint_url,
+            region_name=settings.aws_region,
         )
-        if settings.file_storage == "s3" else LocalFileStorageResource(root=str(settings.files_dir))
+        if settings.file_storage == "s3"
+        else LocalFileStorageResource(root=str(settings.files_dir))
     )
     embedder: dg.ConfigurableResource = (
         OpenAIEmbedderResource(
-            api_key=dg.EnvVar("OPENAI_API_KEY"), base_url=settings.openai_base_url,
-            model=settings.openai_embedding_model, embedding_dimensions=settings.openai_embedding_dimensions,
+            api_key=dg.EnvVar("OPENAI_API_KEY"),
+            base_url=settings.openai_base_url,
+            model=settings.openai_embedding_model,
+            embedding_dimensions=settings.openai_embedding_dimensions,
         )
-        if settings.embedding_provider == "openai" else LocalEmbedderResource()
+        if settings.embedding_provider == "openai"
+        else LocalEmbedderResource()
     )
     vector_store: dg.ConfigurableResource = (
-        PineconeVectorStoreResource(api_key=dg.EnvVar("PINECONE_API_KEY"), index_host=settings.pinecone_index_host or "")
-        if settings.vector_store == "pinecone" else LanceDBVectorStoreResource(uri=str(settings.vectors_dir))
+        PineconeVectorStoreResource(
+            api_key=dg.EnvVar("PINECONE_API_KEY"), index_host=settings.pinecone_index_host or ""
+        )
+        if settings.vector_store == "pinecone"
+        else LanceDBVectorStoreResource(uri=str(settings.vectors_dir))
     )
     return {"file_storage": file_storage, "embedder": embedder, "vector_store": vector_store}
 
@@ -139,7 +153,8 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     return {
         "catalog": ExpertCatalog(database_url=url),
         "progress_reporter": ProgressReporter(
-            database_url=url, min_write_interval_seconds=settings.progress_min_write_interval_seconds,
+            database_url=url,
+            min_write_interval_seconds=settings.progress_min_write_interval_seconds,
             # Several beats per allowed silence, so one slow write never looks like a dead worker.
             heartbeat_interval_seconds=min(10.0, settings.dead_run_after_seconds / 4),
         ),

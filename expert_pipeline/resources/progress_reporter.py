@@ -72,7 +72,9 @@ class ExpertProgress:
                 return operation(ExpertProcessingProgressService(session))
 
         started = time.perf_counter()
-        result = call_with_db_retry(write, on_recovered=self.database_recovered, what=f"progress write ({what})")
+        result = call_with_db_retry(
+            write, on_recovered=self.database_recovered, what=f"progress write ({what})"
+        )
         self.seconds_writing += time.perf_counter() - started
         self.writes += 1
         if getattr(result, "status", None) == Status.CANCELLED:
@@ -86,7 +88,9 @@ class ExpertProgress:
             {"kind": "database_outage", "seconds": round(seconds, 1), "attempts": attempts},
         )
 
-    def start_run(self, run_id: str, total_files: int, retry_of: str | None = None, why: str | None = None) -> None:
+    def start_run(
+        self, run_id: str, total_files: int, retry_of: str | None = None, why: str | None = None
+    ) -> None:
         self._write("start", lambda s: s.start_run(self.expert_id, run_id, total_files, retry_of, why))
 
     def raise_if_cancelled(self) -> None:
@@ -112,7 +116,13 @@ class ExpertProgress:
         """Enter a stage: written at once (with any coalesced update folded in), with an event."""
         pending, self._pending = self._pending or {}, None
         pending.pop("progress_percentage", None)
-        values = {**pending, **fields, "stage": stage.value, "progress_percentage": percentage, "event_message": message}
+        values = {
+            **pending,
+            **fields,
+            "stage": stage.value,
+            "progress_percentage": percentage,
+            "event_message": message,
+        }
         self._write("stage", lambda s: s.update_progress(self.expert_id, run_id=self.run_id, **values))
         self._last_write = time.monotonic()
 
@@ -144,7 +154,9 @@ class ExpertProgress:
 
     def failed(self, message: str, detail: str | None = None) -> None:
         self._pending = None
-        self._write("failed", lambda s: s.mark_failed(self.expert_id, message, run_id=self.run_id, detail=detail))
+        self._write(
+            "failed", lambda s: s.mark_failed(self.expert_id, message, run_id=self.run_id, detail=detail)
+        )
 
     def cancelled(self, reason: str) -> None:
         self._pending = None
@@ -161,8 +173,10 @@ class ExpertProgress:
         if user_stop or self.run_id is None:
             self.cancelled("Cancelled: the run was stopped")
             return
-        message = ("Interrupted: the pipeline stopped during processing (shutdown or restart); "
-                   "queued again, it resumes when the pipeline runs, reusing the embeddings already made")
+        message = (
+            "Interrupted: the pipeline stopped during processing (shutdown or restart); "
+            "queued again, it resumes when the pipeline runs, reusing the embeddings already made"
+        )
         run_id = self.run_id
         self._write("interrupted", lambda s: s.requeue_interrupted(self.expert_id, run_id, message))
 
@@ -218,6 +232,10 @@ class ProgressReporter(dg.ConfigurableResource):
         if self._engine is None:
             self._engine = engine_for(self.database_url)
         return ExpertProgress(
-            self._engine, expert_id, self.min_write_interval_seconds, self.heartbeat_interval_seconds,
-            run_id=run_id, stop_requested=stop_requested,
+            self._engine,
+            expert_id,
+            self.min_write_interval_seconds,
+            self.heartbeat_interval_seconds,
+            run_id=run_id,
+            stop_requested=stop_requested,
         )

@@ -18,7 +18,10 @@ from typing import Any
 import anyio
 
 Message = MutableMapping[str, Any]
-ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+    Awaitable[None],
+]
 
 # Below anyio's default of 40 worker threads and the database pools (40 for SQLite, 30 for
 # PostgreSQL), leaving room for the stream poller and the odd background read.

@@ -52,7 +52,13 @@ def json_error(description: str) -> dict[str, Any]:
 Responses = dict[int | str, dict[str, Any]]
 
 EXPERT_NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "No such expert"}}
-PROGRESS_NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "No progress record for this expert"}}
-BUSY: Responses = {409: {"model": ErrorResponse, "description": "The expert is being processed or already finished"}}
+PROGRESS_NOT_FOUND: Responses = {
+    404: {"model": ErrorResponse, "description": "No progress record for this expert"}
+}
+BUSY: Responses = {
+    409: {"model": ErrorResponse, "description": "The expert is being processed or already finished"}
+}
 # Bodies over the limit are refused before they are read (status_api.api.upload_limits).
-TOO_LARGE: Responses = {413: {"model": ErrorResponse, "description": "The request body is over its size limit"}}
+TOO_LARGE: Responses = {
+    413: {"model": ErrorResponse, "description": "The request body is over its size limit"}
+}

@@ -150,7 +150,9 @@ class AuthGate:
             await self._refuse(scope, receive, send, headers, 503, DATABASE_UNAVAILABLE)
             return
         if isinstance(outcome, _Refusal):
-            await self._refuse(scope, receive, send, headers, 401, outcome.message, {"WWW-Authenticate": "Bearer"})
+            await self._refuse(
+                scope, receive, send, headers, 401, outcome.message, {"WWW-Authenticate": "Bearer"}
+            )
             return
         if outcome.token_id is None:  # local mode
             refusal = local_mode_refusal(scope, headers)
@@ -162,7 +164,12 @@ class AuthGate:
 
     @staticmethod
     async def _refuse(
-        scope: Scope, receive: Receive, send: Send, headers: Headers, status: int, message: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: Headers,
+        status: int,
+        message: str,
         extra: dict[str, str] | None = None,
     ) -> None:
         """Answer without reading the body; a request that has one is answered with
@@ -185,4 +192,3 @@ class AuthGate:
                 return resolve_principal(session, token)
             except HTTPException as refused:
                 return _Refusal(str(refused.detail))
-

@@ -77,7 +77,7 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
 
 def _route_path(request: Request) -> str:
     path, root = request.scope["path"], request.scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def install_error_handlers(app: FastAPI, max_upload_files: int | None = None) -> None:

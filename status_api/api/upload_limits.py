@@ -39,7 +39,9 @@ class RequestSizeLimit:
     allowance, and the message names the upload limit the user knows (MAX_UPLOAD_TOTAL_BYTES),
     not the allowance added to it. Anything else: `max_body_bytes`."""
 
-    def __init__(self, app: ASGIApp, max_upload_bytes: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, app: ASGIApp, max_upload_bytes: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    ) -> None:
         self.app = app
         self.max_upload_bytes = max_upload_bytes
         self.max_upload_body_bytes = max_upload_bytes + FRAMING_ALLOWANCE_BYTES
@@ -96,12 +98,17 @@ class RequestSizeLimit:
 
     async def _reject(self, send: Send, upload: bool) -> None:
         body = json.dumps({"success": False, "error": self._message(upload)}).encode()
-        await send({
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close")],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

@@ -187,24 +187,26 @@ def claim_due(
                 )
                 if row.attempts >= settings.webhook_max_attempts:
                     # Its last attempt was claimed by a worker that stopped before recording the answer.
-                    changed = rows_affected(session, 
+                    changed = rows_affected(
+                        session,
                         update(WebhookDelivery)
                         .where(*guard)
                         .values(
                             status=WebhookDeliveryStatus.FAILED,
                             last_error=(row.last_error or "no answer recorded for the last attempt"),
                         )
-                        .execution_options(synchronize_session=False)
+                        .execution_options(synchronize_session=False),
                     )
                     report.failed += changed
                     continue
                 # Compare-and-set on `attempts`: on SQLite (no row locks) this is what makes the claim
                 # exclusive; on PostgreSQL the row lock already does, and this always succeeds.
-                changed = rows_affected(session, 
+                changed = rows_affected(
+                    session,
                     update(WebhookDelivery)
                     .where(*guard)
                     .values(attempts=row.attempts + 1, next_attempt_at=lease)
-                    .execution_options(synchronize_session=False)
+                    .execution_options(synchronize_session=False),
                 )
                 if changed == 1:
                     claims.append(
@@ -246,7 +248,8 @@ def record_outcome(
         values |= {"next_attempt_at": now + timedelta(seconds=backoff_seconds(claim.attempt))}
         counter = "retrying"
     with factory() as session:
-        changed = rows_affected(session, 
+        changed = rows_affected(
+            session,
             update(WebhookDelivery)
             .where(
                 WebhookDelivery.id == claim.id,
@@ -254,7 +257,7 @@ def record_outcome(
                 WebhookDelivery.attempts == claim.attempt,
             )
             .values(**values)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
         session.commit()
     if changed != 1:

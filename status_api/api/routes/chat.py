@@ -36,6 +36,7 @@ router = APIRouter(prefix="/api/experts", tags=["chat"], dependencies=[Depends(g
 
 TOP_K = 4
 
+
 def percent_done(value: float) -> str:
     # Rounded down: a run at 99.6 % is not "100 % done".
     return str(math.floor(value))
@@ -63,7 +64,11 @@ def not_ready_message(name: str, record: ExpertProcessingProgress | None) -> str
     },
 )
 def chat(
-    expert_id: ExpertId, body: ChatRequest, request: Request, db: SessionDep, service: ProgressServiceDep,
+    expert_id: ExpertId,
+    body: ChatRequest,
+    request: Request,
+    db: SessionDep,
+    service: ProgressServiceDep,
     principal: CurrentPrincipal,
 ) -> ChatResponse:
     """Ask the expert a question; the answer quotes its documents with numbered sources."""

@@ -55,7 +55,10 @@ router = APIRouter(prefix="/api/experts", tags=["experts"], dependencies=[Depend
 
 REJECTIONS: Responses = {
     400: {"model": ErrorResponse, "description": "Missing name or files"},
-    413: {"model": ErrorResponse, "description": "Too many or too large files, or a body over the upload limit"},
+    413: {
+        "model": ErrorResponse,
+        "description": "Too many or too large files, or a body over the upload limit",
+    },
     415: {"model": ErrorResponse, "description": "Unsupported file type"},
 }
 
@@ -75,16 +78,28 @@ def _any_case(text: str) -> str:
 
 
 UPLOAD_ENCODING = {
-    "requestBody": {"content": {"multipart/form-data": {"encoding": {"files": {"headers": {
-        "Content-Disposition": {
-            "description": f"Each part carries its file name: {FILES_RULE}",
-            "schema": {
-                "type": "string",
-                "pattern": r'filename="[^"]*\.(' + "|".join(_any_case(e.lstrip(".")) for e in EXTENSIONS) + ')"',
-            },
-            "example": 'form-data; name="files"; filename="notes.txt"',
-        },
-    }}}}}},
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "encoding": {
+                    "files": {
+                        "headers": {
+                            "Content-Disposition": {
+                                "description": f"Each part carries its file name: {FILES_RULE}",
+                                "schema": {
+                                    "type": "string",
+                                    "pattern": r'filename="[^"]*\.('
+                                    + "|".join(_any_case(e.lstrip(".")) for e in EXTENSIONS)
+                                    + ')"',
+                                },
+                                "example": 'form-data; name="files"; filename="notes.txt"',
+                            },
+                        }
+                    }
+                }
+            }
+        }
+    },
 }
 
 
@@ -102,7 +117,10 @@ def _limits(settings: Settings) -> UploadLimits:
 
 
 def _with_progress(
-    expert: Expert, files: list[ExpertFile], record: ExpertProcessingProgress | None, settings: Settings,
+    expert: Expert,
+    files: list[ExpertFile],
+    record: ExpertProcessingProgress | None,
+    settings: Settings,
     service: ExpertProcessingProgressService,
 ) -> ExpertWithProgress:
     progress = present_one(record, settings, service) if record else None
@@ -113,11 +131,21 @@ def _with_progress(
 
 
 def _columns(expert: Expert) -> dict[str, object]:
-    return {"id": expert.id, "name": expert.name, "agent_id": expert.agent_id, "created_at": expert.created_at}
+    return {
+        "id": expert.id,
+        "name": expert.name,
+        "agent_id": expert.agent_id,
+        "created_at": expert.created_at,
+    }
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ExpertCreatedResponse, responses=REJECTIONS,
-             openapi_extra=UPLOAD_ENCODING)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ExpertCreatedResponse,
+    responses=REJECTIONS,
+    openapi_extra=UPLOAD_ENCODING,
+)
 def create_expert(
     db: SessionDep,
     service: ProgressServiceDep,
@@ -126,16 +154,30 @@ def create_expert(
     principal: CurrentPrincipal,
     name: Annotated[
         str,
-        Form(description="The expert's name", min_length=1, max_length=200, json_schema_extra={"pattern": NAME_PATTERN}),
+        Form(
+            description="The expert's name",
+            min_length=1,
+            max_length=200,
+            json_schema_extra={"pattern": NAME_PATTERN},
+        ),
     ],
-    files: Annotated[list[UploadFile], File(description=f"One or more documents; {FILES_RULE}", min_length=1)],
-    agent_id: Annotated[str | None, Form(max_length=128, json_schema_extra={"pattern": AGENT_ID_PATTERN})] = None,
+    files: Annotated[
+        list[UploadFile], File(description=f"One or more documents; {FILES_RULE}", min_length=1)
+    ],
+    agent_id: Annotated[
+        str | None, Form(max_length=128, json_schema_extra={"pattern": AGENT_ID_PATTERN})
+    ] = None,
 ) -> ExpertCreatedResponse:
     """Store the files, create the expert and its `pending` progress row; the pipeline starts it."""
     uploads = [Upload(filename=f.filename or "", stream=f.file) for f in files]
     try:
         expert, progress = experts_service.create_expert(
-            db, storage, name=name, uploads=uploads, limits=_limits(settings), agent_id=agent_id or None,
+            db,
+            storage,
+            name=name,
+            uploads=uploads,
+            limits=_limits(settings),
+            agent_id=agent_id or None,
             owner=principal.owner,
         )
     except UploadRejected as exc:
@@ -159,11 +201,17 @@ def list_experts(
 
 @router.get("/{expert_id}", response_model=ExpertResponse, responses=EXPERT_NOT_FOUND)
 def get_expert(
-    expert_id: ExpertId, db: SessionDep, service: ProgressServiceDep, settings: SettingsDep, principal: CurrentPrincipal
+    expert_id: ExpertId,
+    db: SessionDep,
+    service: ProgressServiceDep,
+    settings: SettingsDep,
+    principal: CurrentPrincipal,
 ) -> ExpertResponse:
     expert = require_expert(db, expert_id, principal)
     files = experts_service.files_of(db, [expert_id])[expert_id]
-    return ExpertResponse(expert=_with_progress(expert, files, service.get_progress(expert_id), settings, service))
+    return ExpertResponse(
+        expert=_with_progress(expert, files, service.get_progress(expert_id), settings, service)
+    )
 
 
 @router.post("/{expert_id}/cancel", response_model=ProgressResponse, responses={**PROGRESS_NOT_FOUND, **BUSY})
@@ -181,16 +229,28 @@ def cancel_expert(
     return ProgressResponse(progress=present_one(record, settings, service))
 
 
-def _requeue(db: SessionDep, service: ExpertProcessingProgressService, expert: Expert) -> ExpertProcessingProgress:
+def _requeue(
+    db: SessionDep, service: ExpertProcessingProgressService, expert: Expert
+) -> ExpertProcessingProgress:
     refuse_if_active(expert.id, service.get_progress(expert.id))
     files = experts_service.files_of(db, [expert.id])[expert.id]
-    return service.create_progress_record(expert_id=expert.id, agent_id=expert.agent_id, total_files=len(files))
+    return service.create_progress_record(
+        expert_id=expert.id, agent_id=expert.agent_id, total_files=len(files)
+    )
 
 
-@router.post("/{expert_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=ProgressResponse,
-             responses={**EXPERT_NOT_FOUND, **BUSY})
+@router.post(
+    "/{expert_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ProgressResponse,
+    responses={**EXPERT_NOT_FOUND, **BUSY},
+)
 def retry_expert(
-    expert_id: ExpertId, db: SessionDep, service: ProgressServiceDep, settings: SettingsDep, principal: CurrentPrincipal
+    expert_id: ExpertId,
+    db: SessionDep,
+    service: ProgressServiceDep,
+    settings: SettingsDep,
+    principal: CurrentPrincipal,
 ) -> ProgressResponse:
     """Queue the expert again: failed and unfinished files are processed; indexed files are kept,
     and chunks embedded before are taken from the embedding cache, not paid for again."""
@@ -198,8 +258,13 @@ def retry_expert(
     return ProgressResponse(progress=present_one(record, settings, service))
 
 
-@router.post("/{expert_id}/files", status_code=status.HTTP_202_ACCEPTED, response_model=ExpertCreatedResponse,
-             responses={**EXPERT_NOT_FOUND, **BUSY, **REJECTIONS}, openapi_extra=UPLOAD_ENCODING)
+@router.post(
+    "/{expert_id}/files",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ExpertCreatedResponse,
+    responses={**EXPERT_NOT_FOUND, **BUSY, **REJECTIONS},
+    openapi_extra=UPLOAD_ENCODING,
+)
 def add_files(
     expert_id: ExpertId,
     db: SessionDep,
@@ -207,7 +272,9 @@ def add_files(
     settings: SettingsDep,
     storage: FileStorageDep,
     principal: CurrentPrincipal,
-    files: Annotated[list[UploadFile], File(description=f"One or more documents to add; {FILES_RULE}", min_length=1)],
+    files: Annotated[
+        list[UploadFile], File(description=f"One or more documents to add; {FILES_RULE}", min_length=1)
+    ],
 ) -> ExpertCreatedResponse:
     """Add documents to an expert; only the new ones are ingested."""
     expert = require_expert(db, expert_id, principal)
@@ -219,12 +286,17 @@ def add_files(
         raise upload_rejected(exc) from exc
     record = _requeue(db, service, expert)
     stored = experts_service.files_of(db, [expert_id])[expert_id]
-    return ExpertCreatedResponse(expert=_expert_out(expert, stored), progress=present_one(record, settings, service))
+    return ExpertCreatedResponse(
+        expert=_expert_out(expert, stored), progress=present_one(record, settings, service)
+    )
 
 
 @router.delete("/{expert_id}", response_model=SuccessResponse, responses=EXPERT_NOT_FOUND)
 def delete_expert(
-    expert_id: ExpertId, db: SessionDep, storage: FileStorageDep, vector_store: VectorStoreDep,
+    expert_id: ExpertId,
+    db: SessionDep,
+    storage: FileStorageDep,
+    vector_store: VectorStoreDep,
     principal: CurrentPrincipal,
 ) -> SuccessResponse:
     """Remove the expert with its files, vectors, progress and history."""
@@ -237,5 +309,7 @@ def delete_expert(
         storage.delete_prefix(experts_service.expert_prefix(expert_id))
         vector_store.delete_namespace(expert_id)
     except Exception:
-        log.warning("could not remove stored data of deleted expert %s; cleanup will retry", expert_id, exc_info=True)
+        log.warning(
+            "could not remove stored data of deleted expert %s; cleanup will retry", expert_id, exc_info=True
+        )
     return SuccessResponse()

@@ -39,11 +39,14 @@ def healthz(db: SessionDep, settings: SettingsDep) -> HealthResponse | JSONRespo
         diagnosis = diagnose()
         if diagnosis is not None:
             pipeline.daemon_heartbeat_age_seconds = (
-                None if diagnosis.daemon_heartbeat_age_seconds is None else round(diagnosis.daemon_heartbeat_age_seconds, 1)
+                None
+                if diagnosis.daemon_heartbeat_age_seconds is None
+                else round(diagnosis.daemon_heartbeat_age_seconds, 1)
             )
             pipeline.code_location_error = diagnosis.code_location_error
         pipeline.reason = (
-            f"No pipeline worker is taking work: {diagnosis.summary}" if diagnosis and diagnosis.summary
+            f"No pipeline worker is taking work: {diagnosis.summary}"
+            if diagnosis and diagnosis.summary
             else state.reason(now)
         )
         body = HealthResponse(status="unavailable", database="ok", pipeline=pipeline)

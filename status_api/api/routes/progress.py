@@ -42,6 +42,7 @@ router = APIRouter(prefix="/api/experts", tags=["progress"])
 _authenticated = APIRouter(dependencies=[Depends(get_principal)])
 _polled = APIRouter()
 
+
 @_authenticated.get("/progress/active", response_model=ActiveProgressResponse)
 def get_active_progress(
     service: ProgressServiceDep, settings: SettingsDep, principal: CurrentPrincipal
@@ -58,7 +59,9 @@ def get_stats(
     window_hours: Annotated[float, Query(gt=0, le=24 * 366, description="Look back this many hours")] = 24,
 ) -> StatsResponse:
     """Counts by status, time per stage (p50/p95), throughput and failure reasons over a window."""
-    return StatsResponse(**ingest_stats(db, utcnow() - timedelta(hours=window_hours), visible_expert_ids(principal)))
+    return StatsResponse(
+        **ingest_stats(db, utcnow() - timedelta(hours=window_hours), visible_expert_ids(principal))
+    )
 
 
 async def _caller_progress(request: Request) -> ProgressResponse | None:
@@ -102,7 +105,9 @@ async def get_progress(
 
 
 @_authenticated.delete("/{expert_id}/progress", response_model=SuccessResponse, responses=PROGRESS_NOT_FOUND)
-def delete_progress(expert_id: ExpertId, service: ProgressServiceDep, principal: CurrentPrincipal) -> SuccessResponse:
+def delete_progress(
+    expert_id: ExpertId, service: ProgressServiceDep, principal: CurrentPrincipal
+) -> SuccessResponse:
     """Remove the expert's progress record and its history (cleanup)."""
     require_progress_visible(service.db, principal, expert_id)
     if not service.delete_progress(expert_id):

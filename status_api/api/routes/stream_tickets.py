@@ -22,7 +22,9 @@ router = APIRouter(prefix="/api", tags=["progress stream"])
 
 class StreamTicketResponse(BaseModel):
     ticket: str = Field(description="Opens one stream: pass it as `?ticket=`; single use")
-    expires_in: int = Field(description="Seconds the ticket stays valid", examples=[auth.STREAM_TICKET_SECONDS])
+    expires_in: int = Field(
+        description="Seconds the ticket stays valid", examples=[auth.STREAM_TICKET_SECONDS]
+    )
 
 
 @router.post(
@@ -34,4 +36,6 @@ class StreamTicketResponse(BaseModel):
 def create_stream_ticket(principal: CurrentPrincipal, db: SessionDep) -> StreamTicketResponse:
     """A ticket for `?ticket=` on the two stream routes, valid for one stream within
     `expires_in` seconds; the stream shows what the caller's token may see."""
-    return StreamTicketResponse(ticket=auth.issue_stream_ticket(db, principal), expires_in=auth.STREAM_TICKET_SECONDS)
+    return StreamTicketResponse(
+        ticket=auth.issue_stream_ticket(db, principal), expires_in=auth.STREAM_TICKET_SECONDS
+    )

@@ -4,6 +4,7 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-24 11:40:00
 """
+
 import sqlalchemy as sa
 from alembic import op
 
