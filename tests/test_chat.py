@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import httpx
-import pytest
 from sqlalchemy.orm import Session
 
 from expert_pipeline.chat.extractive import NO_MATCHES, answer, split_sentences, terms
@@ -123,12 +121,6 @@ def test_chat_validates_the_message_and_the_expert(http: httpx.Client, settings:
     missing = http.post("/api/experts/no-such-expert/chat", json={"message": "Hello?"})
     assert missing.status_code == 404
     assert missing.json() == {"success": False, "error": "No expert 'no-such-expert'"}
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def test_chat_after_ingest_cites_the_right_file_and_page(
