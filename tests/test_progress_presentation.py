@@ -28,9 +28,8 @@ from expert_pipeline.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_EXAMPLE = json.loads((Path(__file__).parent / "data" / "spec_progress_example.json").read_text())
-# The assets still pass the same words as explicit event messages (left for their owners).
 SOURCES = [
-    *sorted(p for p in (ROOT / "expert_pipeline").rglob("*.py") if "assets" not in p.parts),
+    *sorted((ROOT / "expert_pipeline").rglob("*.py")),
     *sorted((ROOT / "status_api").rglob("*.py")),
     ROOT / "dashboard" / "app.js",
 ]

@@ -49,7 +49,6 @@ def expert_embeddings(
         run.progress.stage(
             Stage.EMBEDDING,
             overall_percentage(Stage.EMBEDDING, 0, 1),
-            "Generating embeddings",
             current_batch=0,
             total_batches=total_batches,
             current_chunk=0,
@@ -123,6 +122,7 @@ def expert_embeddings(
             chunks=done,
             batches=batch,
             model=embedder.model_name,
+            encoder_backend=getattr(embedder, "backend_in_use", "provider"),
             dimensions=embedder.dimensions,
             chunks_from_cache=from_cache,
             chunks_sent_to_provider=done - from_cache,

@@ -46,9 +46,7 @@ def expert_text(
         ingest_settings.extraction_timeout_seconds, ingest_settings.extraction_memory_mb
     )
     with run.progress.guard("Text extraction"), IsolatedExtractor(run.work, limits) as extractor:
-        run.progress.stage(
-            Stage.TEXT_EXTRACTION, overall_percentage(Stage.TEXT_EXTRACTION, 0, 1), "Extracting text"
-        )
+        run.progress.stage(Stage.TEXT_EXTRACTION, overall_percentage(Stage.TEXT_EXTRACTION, 0, 1))
         for index, item in enumerate(all_files):
             if item.status != FileStatus.PENDING:
                 continue

@@ -7,6 +7,7 @@ from expert_pipeline.adapters.vector_store import VectorRecord, VectorStore, vec
 from expert_pipeline.assets.context import stage_run
 from expert_pipeline.assets.embeddings import expert_embeddings
 from expert_pipeline.core.models import FileStatus, Stage
+from expert_pipeline.core.progress_public import stage_label
 from expert_pipeline.ingest.progress_plan import overall_percentage
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
@@ -48,11 +49,10 @@ def expert_vectors(
     total_chunks = new_chunks + sum(f.chunks or 0 for f in already)
     batch_size = ingest_settings.upsert_batch_size
     stored = 0
-    with run.progress.guard("Storing vectors"):
+    with run.progress.guard(stage_label(Stage.PINECONE_STORAGE)):
         run.progress.stage(
             Stage.PINECONE_STORAGE,
             overall_percentage(Stage.PINECONE_STORAGE, 0, 1),
-            "Storing vectors",
             current_chunk=0,
             total_chunks=new_chunks,
         )
