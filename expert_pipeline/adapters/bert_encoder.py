@@ -13,7 +13,7 @@ architecture, another pooling) is left to sentence-transformers (`supports` says
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,16 @@ def supports(model_dir: Path) -> bool:
 
 
 class BertSentenceEncoder:
-    def __init__(self, model_dir: Path, device: str = "cpu") -> None:
+    """The encoder in torch. `bf16=True` runs the matrix products under CPU bf16 autocast
+    (layer norms, softmax and pooling stay fp32); the weights stay fp32 either way."""
+
+    backend = "torch-fp32"
+
+    def __init__(self, model_dir: Path, device: str = "cpu", bf16: bool = False) -> None:
+        self.model_dir = model_dir
+        self.bf16 = bf16
+        if bf16:
+            self.backend = "torch-bf16"
         config = _json(model_dir / "config.json")
         self.hidden = int(config["hidden_size"])
         self.heads = int(config["num_attention_heads"])
@@ -84,23 +93,43 @@ class BertSentenceEncoder:
         """Tokens including [CLS] and [SEP], as the model would see them before truncation."""
         return len(self._counting.encode(text, add_special_tokens=True).ids)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    def batches(
+        self, texts: Sequence[str], batch_size: int
+    ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
+        """(positions in `texts`, token ids, attention mask) per batch, longest texts first, so
+        each batch pads to lengths close to its own. Shared by every backend."""
         encodings = self._encoding.encode_batch(list(texts), add_special_tokens=True)
-        # Longest first, so each batch pads to lengths close to its own.
         order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
-        out = np.empty((len(encodings), self.hidden), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
-                width = len(encodings[batch[0]].ids)
-                ids = torch.zeros((len(batch), width), dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.bool)
-                for row, index in enumerate(batch):
-                    tokens = encodings[index].ids
-                    ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-                    mask[row, : len(tokens)] = True
-                out[batch] = self._forward(ids.to(self.device), mask.to(self.device)).cpu().numpy()
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = len(encodings[batch[0]].ids)
+            ids = np.zeros((len(batch), width), dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.bool_)
+            for row, index in enumerate(batch):
+                tokens = encodings[index].ids
+                ids[row, : len(tokens)] = tokens
+                mask[row, : len(tokens)] = True
+            yield batch, ids, mask
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        out = np.empty((len(texts), self.hidden), dtype=np.float32)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            for batch, ids, mask in self.batches(texts, batch_size):
+                vectors = self._forward(
+                    torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
+                )
+                out[batch] = vectors.float().cpu().numpy()
         return out
+
+    def as_module(self) -> torch.nn.Module:
+        """The forward pass (token ids, mask -> unit vectors) as a module, for conversion."""
+        encoder = self
+
+        class _Forward(torch.nn.Module):
+            def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                return encoder._forward(ids, mask)
+
+        return _Forward()
 
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return F.linear(x, self.weights[f"{name}.weight"], self.weights[f"{name}.bias"])

@@ -7,17 +7,20 @@ small `Embedder` interface.
 
 from __future__ import annotations
 
+import copy
 import functools
+import importlib.util
+import logging
 import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, PrivateAttr
 
 from expert_pipeline.core.ports import Embedder
 
@@ -30,6 +33,11 @@ if TYPE_CHECKING:
 
 
 LOCAL_MODEL_NAME = "all-MiniLM-L6-v2"
+
+log = logging.getLogger("expert_pipeline.adapters.embedder")
+
+# Texts per forward pass, per backend: the fastest measured by bench/encoder_backends.py.
+_BATCH_SIZES = {"openvino-bf16": 32, "openvino-fp32": 32, "torch-bf16": 32, "torch-fp32": 32}
 
 
 class SentenceEncoder(Protocol):
@@ -83,14 +91,74 @@ class _SentenceTransformersEncoder:
         return np.asarray(vectors, dtype=np.float32)
 
 
+Backend = Literal["auto", "openvino", "torch-bf16", "torch-fp32"]
+BACKENDS: tuple[str, ...] = ("auto", "openvino", "torch-bf16", "torch-fp32")
+
+# Texts the fast backends are checked on at load, against the fp32 forward pass: a backend whose
+# vectors drift (a broken conversion, a CPU quirk) is refused and the fp32 encoder used instead.
+_PROBE_TEXTS = (
+    "The committee approved the budget for the new railway line after a long debate.",
+    "Mitochondria produce most of the chemical energy needed by the cell.",
+    "x",
+    "Ünïcödé — numbers 12345, symbols %&§ and a URL: https://example.org/a?b=c",
+    "A longer passage: " + " ".join(f"word{i}" for i in range(40)),
+)
+MIN_PROBE_COSINE = 0.99
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes in bf16 natively (AVX-512 BF16 or AMX), from its flags."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def planned_backend(requested: str = "auto") -> str:
+    """The backend a start would choose for `requested`, from capabilities alone (no model is
+    loaded; a conversion that fails at load still falls back, and the load says so)."""
+    bf16 = cpu_has_bf16()
+    if requested in ("auto", "openvino") and openvino_installed():
+        return "openvino-bf16" if bf16 else "openvino-fp32"
+    if requested in ("auto", "torch-bf16") and bf16:
+        return "torch-bf16"
+    return "torch-fp32"
+
+
+def default_model_cache_dir() -> Path:
+    """Where converted models (OpenVINO IR) are kept: shared by every home and run process of
+    the user, keyed by the weights and the OpenVINO version."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "expert_pipeline" / "models"
+
+
 @dataclass
 class _LoadedModel:
     encoder: SentenceEncoder
     load_seconds: float
+    # What was asked for, what runs, and why they differ (None when they do not).
+    requested_backend: str = "torch-fp32"
+    backend: str = "torch-fp32"
+    fallback_reason: str | None = None
     # The Rust tokenizers behind a model are stateful and fail with "Already borrowed" when two
     # threads use one at once. One lock per model serialises its use; torch already spreads a
     # single encode over all cores, so nothing is lost.
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def describe(self) -> str:
+        text = f"embedding encoder: {self.backend} (EMBEDDING_BACKEND={self.requested_backend})"
+        if self.fallback_reason:
+            text += f"; fell back: {self.fallback_reason}"
+        return text
 
 
 # Guards the cache below: lru_cache alone would let two threads that miss at the same time both
@@ -98,13 +166,80 @@ class _LoadedModel:
 _LOAD_LOCK = threading.Lock()
 
 
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def _fast_bert_encoder(
+    reference: Any, requested: str, cache_dir: Path, bf16: bool
+) -> tuple[SentenceEncoder | None, list[str]]:
+    """The fastest backend `requested` allows on this machine, checked against `reference` (the
+    fp32 torch encoder); None and the reasons when none is usable."""
+    reasons: list[str] = []
+    candidates: list[str] = []
+    if requested in ("auto", "openvino"):
+        candidates.append("openvino")
+    if requested == "torch-bf16" or (requested == "auto" and bf16):
+        candidates.append("torch-bf16")
+    expected = None
+    for name in candidates:
+        try:
+            if name == "openvino":
+                if not openvino_installed():
+                    raise RuntimeError("the openvino package is not installed")
+                from expert_pipeline.adapters.openvino_encoder import OpenVinoSentenceEncoder
+
+                encoder: SentenceEncoder = OpenVinoSentenceEncoder(reference, cache_dir, bf16=bf16)
+            else:
+                if not bf16:
+                    raise RuntimeError("the CPU has no bf16 support (no avx512_bf16 or amx_bf16 flag)")
+                # The same weights and tokenizers (autocast casts per operation), bf16 on.
+                bf16_encoder = copy.copy(reference)
+                bf16_encoder.bf16, bf16_encoder.backend = True, "torch-bf16"
+                encoder = bf16_encoder
+            if expected is None:
+                expected = reference.encode(_PROBE_TEXTS)
+            cosine = _min_cosine(encoder.encode(_PROBE_TEXTS), expected)
+            if not cosine >= MIN_PROBE_COSINE:
+                raise RuntimeError(
+                    f"its vectors drift from fp32 (min cosine {cosine:.5f} < {MIN_PROBE_COSINE})"
+                )
+            if name == "openvino":
+                reference.weights = {}  # only its tokenizer is used from now on: ~90 MB freed
+            return encoder, reasons
+        except Exception as exc:  # noqa: BLE001 - any failure of a faster backend means fp32
+            reasons.append(f"{name}: {type(exc).__name__}: {exc}".strip())
+            log.warning("embedding backend %s unavailable: %s", name, reasons[-1])
+    return None, reasons
+
+
 @functools.lru_cache(maxsize=4)
-def _load_model(path: str, device: str) -> _LoadedModel:
+def _load_model(
+    path: str, device: str, backend: str = "torch-fp32", cache_dir: str | None = None
+) -> _LoadedModel:
     from expert_pipeline.adapters import bert_encoder
 
     started = time.perf_counter()
+    chosen = "torch-fp32"
+    reason: str | None = None
     if bert_encoder.supports(Path(path)):
         encoder: SentenceEncoder = bert_encoder.BertSentenceEncoder(Path(path), device=device)
+        if backend != "torch-fp32":
+            if device != "cpu":
+                reason = f"{backend} is for the CPU; device {device} runs torch fp32"
+            else:
+                fast, reasons = _fast_bert_encoder(
+                    encoder,
+                    backend,
+                    Path(cache_dir) if cache_dir else default_model_cache_dir(),
+                    cpu_has_bf16(),
+                )
+                if fast is not None:
+                    encoder, chosen = fast, str(getattr(fast, "backend", backend))
+                    if reasons:
+                        reason = "; ".join(reasons)
+                else:
+                    reason = "; ".join(reasons) or f"{backend} is not available here"
     else:
         # The model is on disk; make sure nothing tries to reach the Hugging Face Hub (which
         # would hang or fail on an offline worker). setdefault keeps an explicit choice.
@@ -115,14 +250,30 @@ def _load_model(path: str, device: str) -> _LoadedModel:
         encoder = _SentenceTransformersEncoder(
             SentenceTransformer(path, device=device, local_files_only=True)
         )
-    return _LoadedModel(encoder=encoder, load_seconds=time.perf_counter() - started)
+        if backend not in ("auto", "torch-fp32"):
+            reason = (
+                f"{backend} needs a plain BERT model with mean pooling; sentence-transformers runs this one"
+            )
+    loaded = _LoadedModel(
+        encoder=encoder,
+        load_seconds=time.perf_counter() - started,
+        requested_backend=backend,
+        backend=chosen,
+        fallback_reason=reason,
+    )
+    (log.warning if reason and chosen == "torch-fp32" and backend != "auto" else log.info)(
+        "%s (loaded in %.2f s)", loaded.describe(), loaded.load_seconds
+    )
+    return loaded
 
 
-def _cached_model(path: str, device: str) -> tuple[_LoadedModel, bool]:
-    """The shared model for (path, device), and whether this call had to load it."""
+def _cached_model(
+    path: str, device: str, backend: str = "torch-fp32", cache_dir: str | None = None
+) -> tuple[_LoadedModel, bool]:
+    """The shared model for (path, device, backend), and whether this call had to load it."""
     with _LOAD_LOCK:
         misses = _load_model.cache_info().misses
-        loaded = _load_model(path, device)
+        loaded = _load_model(path, device, backend, cache_dir)
         return loaded, _load_model.cache_info().misses > misses
 
 
@@ -141,7 +292,15 @@ class LocalEmbedder(BaseModel):
 
     model_path: str | None = None
     device: str = "cpu"
-    encode_batch_size: int = 32
+    # Texts per forward pass; None: what is fastest for the backend in use (bench/encoder_backends.py).
+    encode_batch_size: int | None = None
+    # EMBEDDING_BACKEND: auto picks OpenVINO, then torch bf16 autocast (bf16 only where the CPU
+    # has it), falling back to torch fp32 with the reason logged; a named backend that is not
+    # available here also ends on torch fp32.
+    backend: Backend = "auto"
+    # Where converted models are kept (None: default_model_cache_dir()).
+    model_cache_dir: str | None = None
+    _run_logs: list[Any] = PrivateAttr(default_factory=list)
 
     def _resolved_path(self) -> str:
         if self.model_path is not None:
@@ -154,12 +313,29 @@ class LocalEmbedder(BaseModel):
         return str(path.expanduser().resolve())
 
     def _loaded(self) -> _LoadedModel:
-        return _cached_model(self._resolved_path(), self.device)[0]
+        return _cached_model(self._resolved_path(), self.device, self.backend, self.model_cache_dir)[0]
+
+    def log_to(self, logger: Any) -> None:
+        """Also say which backend runs (and any fallback) on `logger` (a run's log) at warm-up."""
+        self._run_logs.append(logger)
 
     def warm_up(self) -> float:
         """Load the model if needed; seconds spent loading (0.0 when it was already loaded)."""
-        loaded, did_load = _cached_model(self._resolved_path(), self.device)
+        loaded, did_load = _cached_model(
+            self._resolved_path(), self.device, self.backend, self.model_cache_dir
+        )
+        for logger in self._run_logs:
+            (logger.warning if loaded.fallback_reason else logger.info)(loaded.describe())
         return loaded.load_seconds if did_load else 0.0
+
+    @property
+    def backend_in_use(self) -> str:
+        """The backend that really runs (loads the model): openvino-bf16, torch-bf16, torch-fp32..."""
+        return self._loaded().backend
+
+    @property
+    def backend_fallback_reason(self) -> str | None:
+        return self._loaded().fallback_reason
 
     @property
     def model_name(self) -> str:
@@ -187,5 +363,7 @@ class LocalEmbedder(BaseModel):
             return []
         loaded = self._loaded()
         with loaded.lock:
-            vectors = loaded.encoder.encode(list(texts), batch_size=self.encode_batch_size)
+            vectors = loaded.encoder.encode(
+                list(texts), batch_size=self.encode_batch_size or _BATCH_SIZES.get(loaded.backend, 32)
+            )
         return vectors.tolist()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from expert_pipeline.adapters.embedder import LocalEmbedder
+from expert_pipeline.adapters.embedder import LocalEmbedder, planned_backend
 from expert_pipeline.adapters.file_storage import LocalFileStorage
 from expert_pipeline.adapters.vector_store import LanceDBVectorStore
 from expert_pipeline.core.ports import Embedder, FileStorage, VectorStore
@@ -44,7 +44,7 @@ def build_embedder(settings: Settings) -> Embedder:
             model=settings.openai_embedding_model,
             embedding_dimensions=settings.openai_embedding_dimensions,
         )
-    return LocalEmbedder()
+    return LocalEmbedder(backend=settings.embedding_backend)
 
 
 def build_vector_store(settings: Settings) -> VectorStore:
@@ -110,7 +110,12 @@ def describe_parts(settings: Settings) -> dict[str, str]:
         "embeddings": f"openai {settings.openai_embedding_model}"
         + (f" via {settings.openai_base_url}" if settings.openai_base_url else "")
         if settings.embedding_provider == "openai"
-        else "local all-MiniLM-L6-v2",
+        else f"local all-MiniLM-L6-v2, encoder {planned_backend(settings.embedding_backend)}"
+        + (
+            f" (EMBEDDING_BACKEND={settings.embedding_backend})"
+            if settings.embedding_backend != "auto"
+            else ""
+        ),
         "vector store": f"pinecone ({settings.pinecone_index_host})"
         if settings.vector_store == "pinecone"
         else f"lancedb ({settings.vectors_dir})",

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_embedding_model: str = "text-embedding-3-small"
     openai_embedding_dimensions: int | None = None
+    # How the local model runs: auto (OpenVINO, then torch bf16 where the CPU has it, else
+    # torch fp32), or one named; an unavailable choice falls back to torch-fp32, with the reason logged.
+    embedding_backend: Literal["auto", "openvino", "torch-bf16", "torch-fp32"] = "auto"
 
     vector_store: Literal["lancedb", "pinecone"] = "lancedb"
     pinecone_api_key: str | None = None

@@ -53,8 +53,13 @@ class S3FileStorageResource(dg.ConfigurableResource):
 class LocalEmbedderResource(dg.ConfigurableResource):
     """The local all-MiniLM-L6-v2 model (one per process, shared by runs)."""
 
+    backend: str = "auto"  # EMBEDDING_BACKEND
+
     def create_resource(self, context: dg.InitResourceContext) -> Embedder:
-        return LocalEmbedder()
+        embedder = LocalEmbedder(backend=self.backend)  # type: ignore[arg-type]  # validated by Settings
+        if context.log is not None:
+            embedder.log_to(context.log)  # the run's log says which backend runs, at warm-up
+        return embedder
 
 
 class OpenAIEmbedderResource(dg.ConfigurableResource):
@@ -127,7 +132,7 @@ def part_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             embedding_dimensions=settings.openai_embedding_dimensions,
         )
         if settings.embedding_provider == "openai"
-        else LocalEmbedderResource()
+        else LocalEmbedderResource(backend=settings.embedding_backend)
     )
     vector_store: dg.ConfigurableResource = (
         PineconeVectorStoreResource(
