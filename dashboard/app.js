@@ -206,21 +206,77 @@ function ensureCard(id) {
   hint.id = hintId;
   button.setAttribute("aria-describedby", hintId);
   button.addEventListener("click", () => openChat(id));
+  // Per-card controls (each shown only when the API would accept it).
+  $(".cancel-button", card).addEventListener("click", () => cancelExpert(id));
+  $(".retry-button", card).addEventListener("click", () => retryExpert(id));
+  $(".delete-button", card).addEventListener("click", () => deleteExpert(id));
+  $(".details-button", card).addEventListener("click", () => openDetails(id));
+  const retryHint = $(".retry-hint", card);
+  retryHint.id = `retry-hint-${id}`;
+  $(".retry-button", card).setAttribute("aria-describedby", retryHint.id);
+  $(".action-error", card).id = `action-error-${id}`;
+  const input = $(".add-files-input", card);
+  input.id = `add-files-${id}`;
+  const zone = $(".card-dropzone", card);
+  zone.htmlFor = input.id;
+  const uploadBar = $(".card-upload-progress", card);
+  uploadBar.id = `add-files-progress-${id}`;
+  $(".card-upload-label", card).htmlFor = uploadBar.id;
+  input.addEventListener("change", () => {
+    const files = [...input.files];
+    input.value = "";
+    if (files.length) addFilesTo(id, files);
+  });
+  setUpDropZone(zone, (files) => addFilesTo(id, files));
   state.cards.set(id, card);
   return card;
 }
 
-function formatDuration(seconds) {
-  if (seconds < 90) return `${Math.max(1, Math.round(seconds))} s`;
-  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
-  return `${(seconds / 3600).toFixed(1)} h`;
+function setUpDropZone(zone, onFiles) {
+  const stop = (event) => {
+    event.preventDefault();
+    event.stopPropagation();
+  };
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (event) => {
+      stop(event);
+      if (event.dataTransfer) event.dataTransfer.dropEffect = "copy";
+      zone.classList.add("dragging");
+    });
+  }
+  zone.addEventListener("dragleave", (event) => {
+    stop(event);
+    zone.classList.remove("dragging");
+  });
+  zone.addEventListener("drop", (event) => {
+    stop(event);
+    zone.classList.remove("dragging");
+    if (event.dataTransfer?.files?.length) onFiles([...event.dataTransfer.files]);
+  });
 }
+
+export function formatDuration(seconds) {
+  // A human duration: "45 s", "2 min 30 s", "12 min", "1 h 20 min".
+  const total = Math.max(1, Math.round(seconds));
+  if (total < 60) return `${total} s`;
+  if (total < 3600) {
+    const minutes = Math.floor(total / 60);
+    const rest = total % 60;
+    return minutes < 10 && rest ? `${minutes} min ${rest} s` : `${Math.round(total / 60)} min`;
+  }
+  const hours = Math.floor(total / 3600);
+  const minutes = Math.round((total % 3600) / 60);
+  return minutes ? `${hours} h ${minutes} min` : `${hours} h`;
+}
+
+const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
 function detailLines(p) {
   // [text, isWarning]
   const lines = [];
   if (p.status === "pending") {
     if (p.queue_position) lines.push([`Position ${p.queue_position} in the queue`, false]);
+    if (p.stalled) lines.push([p.stalled_reason || "Nothing has picked this up for a while", true]);
     return lines;
   }
   if (p.total_files > 0) {
@@ -235,7 +291,7 @@ function detailLines(p) {
   if (p.failed_files > 0) {
     lines.push([`${p.failed_files} file${p.failed_files === 1 ? "" : "s"} could not be read`, true]);
   }
-  if (typeof p.eta_seconds === "number" && p.eta_seconds > 0) {
+  if (typeof p.eta_seconds === "number" && Number.isFinite(p.eta_seconds) && p.eta_seconds > 0 && !p.stalled) {
     lines.push([`About ${formatDuration(p.eta_seconds)} left`, false]);
   }
   if (p.stalled) lines.push([p.stalled_reason || "Not moving for a while — it may be stuck", true]);
@@ -311,18 +367,34 @@ function renderCard(id, { live = false } = {}) {
   $(".files-heading", card).textContent = `Files (${files.length})${failed ? ` — ${failed} failed` : ""}`;
   $(".files", card).replaceChildren(
     ...files.map((f) => {
+      const [word, note] = fileOutcome(f, status);
       const item = el(
         "li",
-        { "data-status": f.status },
+        { "data-status": f.status, "data-outcome": word },
         el("span", { class: "file-name", text: f.filename }),
-        el("span", { class: "file-status", text: FILE_WORDS[f.status] ?? f.status }),
+        el("span", { class: "file-status", text: word }),
       );
-      if (f.status === "failed" && f.error_message) {
-        item.append(el("span", { class: "file-error", text: f.error_message }));
-      }
+      if (note) item.append(el("span", { class: f.status === "failed" ? "file-error" : "file-note", text: note }));
       return item;
     }),
   );
+
+  // Controls: each only where the API accepts it (cancel while queued or processing; retry and
+  // new files once it stopped; details and delete always).
+  const active = status === "pending" || status === "in_progress";
+  $(".cancel-button", card).hidden = !active || !p;
+  $(".cancel-button", card).setAttribute("aria-label", `Cancel processing of ${expert.name}`);
+  const retry = $(".retry-button", card);
+  const retryHint = $(".retry-hint", card);
+  const canRetry = status === "failed" || status === "cancelled";
+  retry.hidden = !canRetry;
+  retryHint.hidden = !canRetry;
+  retry.setAttribute("aria-label", `Retry ${expert.name}`);
+  retryHint.textContent = canRetry ? retryWords(files) : "";
+  $(".add-files", card).hidden = active;
+  $(".card-dropzone .dropzone-main", card).setAttribute("aria-label", `Add files to ${expert.name}`);
+  $(".details-button", card).setAttribute("aria-label", `Details of ${expert.name}`);
+  $(".delete-button", card).setAttribute("aria-label", `Delete ${expert.name}`);
 
   // Chat: only once the expert is complete; say why and how far along otherwise.
   const button = $(".chat-button", card);
@@ -340,6 +412,30 @@ function renderCard(id, { live = false } = {}) {
   hint.textContent = why;
   if (why && !ready) button.title = why;
   else button.removeAttribute("title");
+}
+
+function fileOutcome(file, status) {
+  // [word, note]: a file the last run never reached says so, and why, instead of "Waiting".
+  if (file.status === "failed") return ["Failed", file.error_message || ""];
+  if (file.status === "indexed") {
+    const bits = [];
+    if (file.pages) bits.push(plural(file.pages, "page", "pages"));
+    if (file.chunks) bits.push(plural(file.chunks, "passage", "passages"));
+    return ["Indexed", bits.join(", ")];
+  }
+  if (status === "failed") return ["Not processed", "Processing failed before this file was finished; Retry processes it"];
+  if (status === "cancelled") return ["Not processed", "Processing was cancelled before this file was finished; Retry processes it"];
+  if (status === "completed") return ["Not processed", "Not part of the last run; Retry processes it"];
+  return [FILE_WORDS[file.status] ?? readable(file.status), ""];
+}
+
+export function retryWords(files) {
+  const indexed = files.filter((f) => f.status === "indexed").length;
+  const again = files.length - indexed;
+  const parts = [];
+  if (indexed) parts.push(`${plural(indexed, "file", "files")} already indexed ${indexed === 1 ? "is" : "are"} kept`);
+  if (again) parts.push(`${plural(again, "file", "files")} will be processed again`);
+  return parts.length ? `Retry: ${parts.join("; ")}.` : "Retry processes every file again.";
 }
 
 function renderList(options = {}) {
@@ -542,17 +638,15 @@ function showCreateError(message) {
   box.hidden = !message;
 }
 
-function upload(form) {
+function upload(form, url = API, bar = $("#upload-progress"), label = $("#upload-label"), done = "Upload complete, creating expert…") {
   // XMLHttpRequest, not fetch: only XHR reports upload progress.
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", API);
+    xhr.open("POST", url);
     xhr.responseType = "json";
     xhr.setRequestHeader("Accept", "application/json");
     const token = getToken();
     if (token) xhr.setRequestHeader("Authorization", `Bearer ${token}`);
-    const bar = $("#upload-progress");
-    const label = $("#upload-label");
     xhr.upload.addEventListener("progress", (event) => {
       if (event.lengthComputable) {
         const pct = Math.round((event.loaded / event.total) * 100);
@@ -562,15 +656,20 @@ function upload(form) {
     });
     xhr.upload.addEventListener("load", () => {
       bar.value = 100;
-      label.textContent = "Upload complete, creating expert…";
+      label.textContent = done;
     });
     xhr.addEventListener("load", () => {
       const body = xhr.response;
       if (xhr.status >= 200 && xhr.status < 300 && body?.success) resolve(body);
+      else if (xhr.status === 0) reject(new Error("The upload failed: could not reach the server."));
       else if (xhr.status === 401) {
         showSignIn(body?.error);
         reject(new Error(body?.error || "Sign in with your API token first."));
-      } else reject(new Error(body?.error || `The server answered ${xhr.status}${xhr.statusText ? ` ${xhr.statusText}` : ""}`));
+      } else {
+        const error = new Error(body?.error || `The server answered ${xhr.status}${xhr.statusText ? ` ${xhr.statusText}` : ""}`);
+        error.status = xhr.status;
+        reject(error);
+      }
     });
     xhr.addEventListener("error", () => reject(new Error("The upload failed: could not reach the server.")));
     xhr.addEventListener("abort", () => reject(new Error("The upload was cancelled.")));
@@ -629,29 +728,267 @@ function setUpCreateForm() {
     addFiles(input.files);
     input.value = ""; // so choosing the same file again still fires "change"
   });
-  const zone = $("#dropzone");
-  const stop = (event) => {
-    event.preventDefault();
-    event.stopPropagation();
-  };
-  for (const type of ["dragenter", "dragover"]) {
-    zone.addEventListener(type, (event) => {
-      stop(event);
-      if (event.dataTransfer) event.dataTransfer.dropEffect = "copy";
-      zone.classList.add("dragging");
-    });
-  }
-  zone.addEventListener("dragleave", (event) => {
-    stop(event);
-    zone.classList.remove("dragging");
-  });
-  zone.addEventListener("drop", (event) => {
-    stop(event);
-    zone.classList.remove("dragging");
-    if (event.dataTransfer?.files?.length) addFiles(event.dataTransfer.files);
-  });
+  setUpDropZone($("#dropzone"), addFiles);
   // A file dropped next to the box must not make the browser navigate away to the file.
   for (const type of ["dragover", "drop"]) window.addEventListener(type, (event) => event.preventDefault());
+}
+
+// -- card controls: cancel, retry, add files, delete, details --------------------------------
+
+const expertUrl = (id) => `${API}/${encodeURIComponent(id)}`;
+
+function showActionError(id, message) {
+  const box = state.cards.get(id)?.querySelector(".action-error");
+  if (!box) return;
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function actionMessage(error, what) {
+  // The API's own words; a 409 says the expert moved on meanwhile, so the card is refreshed.
+  if (error.status === 409) {
+    scheduleReload(0);
+    const now = /is already (\w+)/.exec(error.message)?.[1];
+    if (now) return `${what} is not possible now: this expert is already ${statusInWords(now).toLowerCase()}.`;
+  }
+  if (error.status === 404) return `${what} failed: this expert no longer exists.`;
+  return `${what} failed: ${error.message}`;
+}
+
+function confirmAction({ title, text, yes }) {
+  // A modal dialog; resolves true only when the person confirms. Escape or "Keep it": false.
+  const dialog = $("#confirm-dialog");
+  $("#confirm-title").textContent = title;
+  $("#confirm-text").textContent = text;
+  $("#confirm-yes").textContent = yes;
+  const opener = document.activeElement;
+  return new Promise((resolve) => {
+    const finish = () => {
+      dialog.removeEventListener("close", finish);
+      resolve(dialog.returnValue === "yes");
+      if (opener && document.contains(opener)) opener.focus();
+    };
+    dialog.returnValue = "";
+    dialog.addEventListener("close", finish);
+    dialog.showModal();
+    $("#confirm-no").focus();
+  });
+}
+
+function applyProgress(id, progress) {
+  // The API's answer to an action, shown at once (the live stream repeats it shortly).
+  const expert = state.experts.get(id);
+  if (!expert || !progress) return;
+  expert.progress = progress;
+  renderCard(id, { live: true });
+}
+
+async function cancelExpert(id) {
+  const expert = state.experts.get(id);
+  if (!expert) return;
+  const ok = await confirmAction({
+    title: `Cancel processing of ${expert.name}?`,
+    text: "The run stops at its next batch. Files already indexed stay indexed; you can retry later.",
+    yes: "Cancel processing",
+  });
+  if (!ok) return;
+  showActionError(id, "");
+  try {
+    const body = await api(`${expertUrl(id)}/cancel`, { method: "POST" });
+    const already = state.experts.get(id)?.progress?.status === "cancelled";
+    applyProgress(id, body.progress);
+    if (!already) toast(`Processing ${expert.name} was cancelled.`, "failed");
+    scheduleReload();
+    focusCardControl(id, ".retry-button");
+  } catch (error) {
+    showActionError(id, actionMessage(error, "Cancel"));
+  }
+}
+
+async function retryExpert(id) {
+  const expert = state.experts.get(id);
+  if (!expert) return;
+  showActionError(id, "");
+  const button = state.cards.get(id)?.querySelector(".retry-button");
+  if (button) button.disabled = true;
+  try {
+    const body = await api(`${expertUrl(id)}/retry`, { method: "POST" });
+    applyProgress(id, body.progress);
+    toast(`${expert.name} is queued again. ${retryWords(expert.files ?? [])}`, "completed");
+    scheduleReload();
+    focusCardControl(id, ".cancel-button");
+  } catch (error) {
+    showActionError(id, actionMessage(error, "Retry"));
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+function focusCardControl(id, selector) {
+  // After an action hides the button that had focus, keep the keyboard user on the card.
+  const card = state.cards.get(id);
+  const target = card?.querySelector(selector);
+  if (target && !target.hidden) target.focus();
+  else card?.querySelector(".details-button")?.focus();
+}
+
+async function addFilesTo(id, files) {
+  const expert = state.experts.get(id);
+  const card = state.cards.get(id);
+  if (!expert || !card || card._uploading) return;
+  showActionError(id, "");
+  const form = new FormData();
+  for (const file of files) form.append("files", file, file.name);
+  const box = $(".card-upload", card);
+  const bar = $(".card-upload-progress", card);
+  const label = $(".card-upload-label", card);
+  card._uploading = true;
+  box.hidden = false;
+  bar.value = 0;
+  label.textContent = "Uploading… 0%";
+  try {
+    const body = await upload(form, `${expertUrl(id)}/files`, bar, label, "Upload complete, queuing…");
+    upsertExpert({ ...body.expert, progress: body.progress });
+    renderList();
+    const names = files.map((f) => f.name).join(", ");
+    toast(`Added ${names} to ${expert.name}; only the new ${files.length === 1 ? "file is" : "files are"} processed.`, "completed");
+  } catch (error) {
+    showActionError(id, `Adding files failed: ${error.message}`);
+    if (error.status === 409) scheduleReload(0);
+  } finally {
+    card._uploading = false;
+    box.hidden = true;
+  }
+}
+
+async function deleteExpert(id) {
+  const expert = state.experts.get(id);
+  if (!expert) return;
+  const count = (expert.files ?? []).length;
+  const ok = await confirmAction({
+    title: `Delete ${expert.name}?`,
+    text: `${expert.name} and its ${plural(count, "file", "files")}, index and history are removed for good. This cannot be undone.`,
+    yes: `Delete ${expert.name}`,
+  });
+  if (!ok) return;
+  showActionError(id, "");
+  try {
+    await api(expertUrl(id), { method: "DELETE" });
+  } catch (error) {
+    if (error.status !== 404) {
+      showActionError(id, actionMessage(error, "Delete"));
+      return;
+    }
+  }
+  state.experts.delete(id);
+  renderList();
+  toast(`${expert.name} was deleted.`, "completed");
+  $("#experts-heading").focus();
+}
+
+function whenText(date) {
+  const sameDay = date.toDateString() === new Date().toDateString();
+  const time = date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return sameDay ? time : `${date.toLocaleDateString()} ${time}`;
+}
+
+export function stageSpans(events, now = Date.now()) {
+  // [[words, seconds|null]]: consecutive events in one stage form a span, until the next starts.
+  const spans = [];
+  for (const event of events) {
+    const words = stageInWords(event);
+    const at = new Date(event.created_at).getTime();
+    const last = spans.at(-1);
+    if (!last || last.words !== words) spans.push({ words, start: at, end: at, final: TERMINAL.has(event.status) });
+    else last.end = at;
+  }
+  return spans.map((span, i) => {
+    if (span.final) return [span.words, null];
+    const end = i + 1 < spans.length ? spans[i + 1].start : now;
+    return [span.words, Math.max(0, (end - span.start) / 1000)];
+  });
+}
+
+async function openDetails(id) {
+  const expert = state.experts.get(id);
+  if (!expert) return;
+  const dialog = $("#details-dialog");
+  $("#details-title").textContent = `Details of ${expert.name}`;
+  for (const section of ["#stages-section", "#files-section", "#timeline-section", "#details-error"]) $(section).hidden = true;
+  $("#details-loading").hidden = false;
+  dialog._opener = state.cards.get(id)?.querySelector(".details-button");
+  dialog.dataset.expertId = id;
+  dialog.showModal();
+  $("#details-close").focus();
+  try {
+    const [history, fresh] = await Promise.all([
+      api(`${expertUrl(id)}/progress/events`).catch((error) => {
+        if (error.status === 404) return { events: [] }; // no progress record (cleaned up): no history
+        throw error;
+      }),
+      api(expertUrl(id)),
+    ]);
+    if (dialog.dataset.expertId !== id) return;
+    upsertExpert(fresh.expert);
+    renderCard(id);
+    renderDetails(state.experts.get(id), history.events);
+  } catch (error) {
+    const box = $("#details-error");
+    box.textContent = `Could not load the history: ${error.message}`;
+    box.hidden = false;
+  } finally {
+    $("#details-loading").hidden = true;
+  }
+}
+
+function renderDetails(expert, events) {
+  const status = expert.progress?.status ?? "pending";
+  const spans = stageSpans(events);
+  $("#stage-times").replaceChildren(
+    ...spans.map(([words, seconds]) =>
+      el("li", {}, el("span", { class: "stage-name", text: words }),
+        el("span", { class: "stage-time", text: seconds == null ? "" : seconds < 1 ? "under 1 s" : formatDuration(seconds) }))),
+  );
+  $("#stages-section").hidden = spans.length === 0;
+  $("#file-outcomes").replaceChildren(
+    ...(expert.files ?? []).map((f) => {
+      const [word, note] = fileOutcome(f, status);
+      return el("li", { "data-status": f.status },
+        el("span", { class: "file-name", text: f.filename }),
+        el("span", { class: "file-status", text: word }),
+        ...(note ? [el("span", { class: f.status === "failed" ? "file-error" : "file-note", text: note })] : []));
+    }),
+  );
+  $("#files-section").hidden = !(expert.files ?? []).length;
+  let previous = null;
+  $("#timeline").replaceChildren(
+    ...events.map((event) => {
+      const at = new Date(event.created_at);
+      const gap = previous ? (at - previous) / 1000 : null;
+      previous = at;
+      const kind = event.data?.kind === "interrupted" || event.data?.retry_of ? "warning"
+        : event.status === "failed" ? "failed" : event.status === "cancelled" ? "cancelled" : "";
+      return el("li", { class: "event", "data-kind": kind },
+        el("time", { datetime: event.created_at, text: whenText(at) }),
+        el("span", { class: "event-gap", text: gap != null && gap >= 1 ? `+${formatDuration(gap)}` : "" }),
+        el("span", { class: "event-stage", text: stageInWords(event) }),
+        el("span", { class: "event-message", text: event.message }));
+    }),
+  );
+  $("#timeline-section").hidden = false;
+  if (!events.length) $("#timeline").replaceChildren(el("li", { class: "hint", text: "No history recorded yet." }));
+}
+
+function setUpDialogs() {
+  const confirm = $("#confirm-dialog");
+  $("#confirm-yes").addEventListener("click", () => confirm.close("yes"));
+  $("#confirm-no").addEventListener("click", () => confirm.close("no"));
+  const details = $("#details-dialog");
+  $("#details-close").addEventListener("click", () => details.close());
+  details.addEventListener("close", () => {
+    details.dataset.expertId = "";
+    if (details._opener && document.contains(details._opener)) details._opener.focus();
+  });
 }
 
 // -- chat ------------------------------------------------------------------------------------
@@ -790,6 +1127,7 @@ async function start() {
   setUpSignIn();
   setUpCreateForm();
   setUpChat();
+  setUpDialogs();
   await labelsLoaded; // before the first card is drawn, so no card shows the stand-in words
   await loadExperts();
   if ($("#sign-in")?.hidden !== false) connectStream();
