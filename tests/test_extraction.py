@@ -17,6 +17,7 @@ from expert_pipeline.text.extraction import (
     extract_pages,
     normalize_whitespace,
 )
+from tests.conftest import SHARED_DIR
 from tests.fixture_documents import (
     HTML_SCRIPT_MARKER,
     HTML_STYLE_MARKER,
@@ -29,7 +30,7 @@ from tests.fixture_documents import (
     sample_paragraphs,
 )
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+CORPUS = SHARED_DIR / "corpus"
 
 
 def _flat(text: str) -> str:
