@@ -10,6 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = [
+    ["encoder_backends.py", "--repeat", "3"],
     ["pipeline_overhead.py", "--pages", "100", "--repeat", "2"],
     ["eta_accuracy.py", "--pages", "80", "--batch", "16"],
     ["upload_latency.py", "--experts", "3"],
