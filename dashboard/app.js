@@ -392,7 +392,7 @@ function renderCard(id, { live = false } = {}) {
   retry.setAttribute("aria-label", `Retry ${expert.name}`);
   retryHint.textContent = canRetry ? retryWords(files) : "";
   $(".add-files", card).hidden = active;
-  $(".card-dropzone .dropzone-main", card).setAttribute("aria-label", `Add files to ${expert.name}`);
+  $(".add-files-input", card).setAttribute("aria-label", `Add files to ${expert.name}`);
   $(".details-button", card).setAttribute("aria-label", `Details of ${expert.name}`);
   $(".delete-button", card).setAttribute("aria-label", `Delete ${expert.name}`);
 

@@ -218,7 +218,7 @@ def test_add_files_then_delete(open_page: Any, settings: Settings, width: int, t
         expect(card.locator(".retry-button")).to_be_hidden()
         zone = card.locator(".add-files")
         expect(zone).to_be_visible()
-        file_input = card.get_by_label("Add files: drop here or choose")
+        file_input = card.get_by_label("Add files to Adder")
         expect(file_input).to_have_count(1)
 
         # A refused upload shows the API's reason on the card.
