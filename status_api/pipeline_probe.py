@@ -5,15 +5,24 @@ Imports Dagster lazily and only then, so the API still starts fast; answers are 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from expert_pipeline.core.models import utcnow
+from expert_pipeline.core.pipeline_health import PipelineState, read_state
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _CACHE_SECONDS = 30.0
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# What `dagster definitions validate` says between its failure line and the stack trace.
+_FAILURE = re.compile(r"Validation failed for code location \S+:\s*(.+?)\s*(?:Stack Trace:|$)", re.DOTALL)
 # A daemon heartbeat older than this means the daemon is not running.
 _DAEMON_STALE_SECONDS = 60.0
 
@@ -55,6 +64,17 @@ def peek() -> Diagnosis | None:
     return cached[1] if cached is not None else None
 
 
+def observed_state(session: Session) -> PipelineState:
+    """The pipeline's heartbeat, with Dagster's own diagnosis folded in where it is already known
+    (never waiting for it): what every presentation of a pending expert reads."""
+    state = read_state(session)
+    if not state.alive(utcnow()):
+        diagnosis = peek()
+        if diagnosis is not None and diagnosis.summary:
+            state = replace(state, diagnosis=diagnosis.summary)
+    return state
+
+
 def _diagnose(home: str) -> Diagnosis:
     try:
         from dagster import DagsterInstance
@@ -69,7 +89,7 @@ def _diagnose(home: str) -> Diagnosis:
     age = None if newest is None else max(0.0, time.time() - newest)
     if age is None or age > _DAEMON_STALE_SECONDS:
         return Diagnosis(age, None, "the Dagster daemon is not running")
-    error = _code_location_error()
+    error = code_location_error()
     if error:
         return Diagnosis(age, error, f"the code location failed to load: {error}")
     return Diagnosis(
@@ -80,11 +100,18 @@ def _diagnose(home: str) -> Diagnosis:
     )
 
 
-def _code_location_error() -> str | None:
-    """Load the definitions the way the daemon's code server does, in a process of its own."""
+def code_location_error() -> str | None:
+    """Load the code location the way Dagster does (`dagster definitions validate`), in a process
+    of its own: importing the module alone builds nothing, since its definitions are lazy."""
     try:
         done = subprocess.run(
-            [sys.executable, "-c", "import expert_pipeline.definitions"],
+            [
+                str(Path(sys.executable).parent / "dagster"),
+                "definitions",
+                "validate",
+                "-w",
+                str(REPO_ROOT / "workspace.yaml"),
+            ],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -95,5 +122,9 @@ def _code_location_error() -> str | None:
         return "loading it took longer than 120 s"
     if done.returncode == 0:
         return None
-    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    output = _ANSI.sub("", done.stdout + done.stderr)
+    found = _FAILURE.search(output)
+    if found:
+        return " ".join(found.group(1).split())[:500]
+    lines = [line for line in output.splitlines() if line.strip()]
     return lines[-1][:500] if lines else f"exit code {done.returncode}"

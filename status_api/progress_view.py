@@ -5,14 +5,12 @@ looks up: queue positions and the pipeline's state for pending experts."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from expert_pipeline.core.models import ExpertProcessingProgress, Status, utcnow
-from expert_pipeline.core.pipeline_health import read_state
 from expert_pipeline.core.progress_public import ProgressRecord, present
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
-from status_api.pipeline_probe import peek
+from status_api.pipeline_probe import observed_state
 
 __all__ = ["present", "present_many", "present_one", "queue_positions"]
 
@@ -29,11 +27,7 @@ def present_many(
 ) -> list[ProgressRecord]:
     waiting = any(r.status == Status.PENDING for r in records)
     queue = queue_positions(service) if waiting else {}
-    pipeline = read_state(service.db) if waiting else None
-    if pipeline is not None and not pipeline.alive(utcnow()):
-        diagnosis = peek()  # Dagster's own view, where it could be had without waiting
-        if diagnosis is not None and diagnosis.summary:
-            pipeline = replace(pipeline, diagnosis=diagnosis.summary)
+    pipeline = observed_state(service.db) if waiting else None
     now = utcnow()
     return [present(r, settings, queue, now, pipeline) for r in records]
 

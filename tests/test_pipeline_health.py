@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -75,3 +76,17 @@ def test_a_beating_pipeline_is_ok_and_a_queue_is_not_a_stall(settings: Settings,
     assert health.status_code == 200
     pipeline = health.json()["pipeline"]
     assert (pipeline["status"], pipeline["queued_runs"], pipeline["reason"]) == ("ok", 3, None)
+
+
+def test_the_probe_loads_the_code_location_as_dagster_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Importing the definitions module builds nothing (they are lazy): the probe must load them."""
+    from status_api.pipeline_probe import code_location_error
+
+    monkeypatch.setenv("EXPERT_PIPELINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert code_location_error() is None
+    monkeypatch.setenv("FILE_STORAGE", "s3")  # selected, but no bucket: the location cannot load
+    monkeypatch.delenv("S3_BUCKET", raising=False)
+    error = code_location_error()
+    assert error is not None and "Configuration is incomplete" in error and "file storage" in error

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from expert_pipeline.core.models import ExpertProcessingProgress, PipelineHeartbeat, Status, utcnow
@@ -105,8 +105,8 @@ def stalled_pending(session: Session, now: datetime, stall_after_seconds: float)
     """How many experts wait in `pending` for longer than the stall allowance."""
     cutoff = now - timedelta(seconds=stall_after_seconds)
     P = ExpertProcessingProgress
-    return len(
-        list(session.scalars(select(P.expert_id).where(P.status == Status.PENDING, P.started_at < cutoff)))
+    return int(
+        session.scalar(select(func.count()).where(P.status == Status.PENDING, P.started_at < cutoff)) or 0
     )
 
 

@@ -31,9 +31,10 @@ from sqlalchemy.orm import Session
 
 from expert_pipeline.core.auth import any_tokens, valid_token_ids
 from expert_pipeline.core.models import Expert, ExpertProcessingProgress, Status, utcnow
-from expert_pipeline.core.pipeline_health import PipelineState, read_state
+from expert_pipeline.core.pipeline_health import PipelineState
 from expert_pipeline.core.settings import Settings
 from status_api.live.encoding import ACTIVE, ProgressChange, encode_record
+from status_api.pipeline_probe import observed_state
 from status_api.progress_view import present
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class ProgressReader:
         queue = {expert_id: position for position, (expert_id, _) in enumerate(order, 1)}
         if pending and time.monotonic() - self._pipeline_read_at > 2.0:
             with Session(self.engine) as session:
-                self.pipeline = read_state(session)
+                self.pipeline = observed_state(session)
             self._pipeline_read_at = time.monotonic()
         now = utcnow()
         return [

@@ -6,9 +6,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from expert_pipeline.core.models import utcnow
-from expert_pipeline.core.pipeline_health import read_state, stalled_pending
+from expert_pipeline.core.pipeline_health import stalled_pending
 from status_api.api.deps import SessionDep, SettingsDep
-from status_api.pipeline_probe import diagnose
+from status_api.pipeline_probe import observed_state, peek
 from status_api.schemas import HealthResponse, PipelineHealth
 
 router = APIRouter(tags=["health"])
@@ -21,7 +21,7 @@ def healthz(db: SessionDep, settings: SettingsDep) -> HealthResponse | JSONRespo
     when experts wait that nothing will pick up."""
     try:
         db.execute(text("SELECT 1"))
-        state = read_state(db)
+        state = observed_state(db)
         now = utcnow()
         stalled = stalled_pending(db, now, settings.stall_after_seconds)
     except SQLAlchemyError as exc:
@@ -36,7 +36,7 @@ def healthz(db: SessionDep, settings: SettingsDep) -> HealthResponse | JSONRespo
     )
     # Ingestion cannot progress: the pipeline stopped, or work waits that it never took.
     if not alive and (state.seen_at is not None or stalled):
-        diagnosis = diagnose()
+        diagnosis = peek()  # a health check never waits on the probe; it refines the next answer
         if diagnosis is not None:
             pipeline.daemon_heartbeat_age_seconds = (
                 None
@@ -45,9 +45,7 @@ def healthz(db: SessionDep, settings: SettingsDep) -> HealthResponse | JSONRespo
             )
             pipeline.code_location_error = diagnosis.code_location_error
         pipeline.reason = (
-            f"No pipeline worker is taking work: {diagnosis.summary}"
-            if diagnosis and diagnosis.summary
-            else state.reason(now)
+            f"No pipeline worker is taking work: {state.diagnosis}" if state.diagnosis else state.reason(now)
         )
         body = HealthResponse(status="unavailable", database="ok", pipeline=pipeline)
         return JSONResponse(status_code=503, content=body.model_dump(mode="json"))
