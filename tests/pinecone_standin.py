@@ -13,6 +13,11 @@ It serves exactly the REST endpoints the `pinecone` SDK (10.2) calls for Pinecon
                                "pagination": {"next"} | absent, "total_count"} (names sorted; pages
                                of `limit`, default `namespace_page_size`; record_count as a string,
                                as the real API sends it)
+* `GET /vectors/list`          ?namespace&prefix&limit&paginationToken -> {"vectors": [{"id"}],
+                               "pagination": {"next"} | absent, "namespace", "usage"} (ids sorted;
+                               limit 1..100, default 100; a missing namespace lists nothing)
+* `GET /vectors/fetch`         ?ids=..&ids=..&namespace -> {"vectors": {id: {"id", "values",
+                               "metadata"?}}, "namespace", "usage"} (ids not stored are left out)
 * `POST /vectors/delete`       {"namespace", "ids" | "deleteAll" | "filter"} -> {}; a namespace
                                that does not exist is 404 {"code": 5, "message": "Namespace not found"}
 
@@ -55,6 +60,7 @@ MAX_UPSERT_VECTORS = 1000
 MAX_REQUEST_BYTES = 2_000_000
 MAX_METADATA_BYTES = 40 * 1024
 MAX_DELETE_IDS = 1000
+MAX_FETCH_IDS = 1000
 MAX_TOP_K = 10_000
 
 # gRPC status codes, which Pinecone's data plane puts in its error bodies.
@@ -193,7 +199,10 @@ class PineconeStandin:
             "/describe_index_stats": self._describe_index_stats,
             "/vectors/delete": self._delete,
             "/namespaces": self._list_namespaces,
+            "/vectors/list": self._list_vectors,
+            "/vectors/fetch": self._fetch,
         }
+        get_paths = {"/namespaces", "/vectors/list", "/vectors/fetch"}
 
         async def dispatch(request: Request) -> JSONResponse:
             raw = await request.body()
@@ -202,7 +211,8 @@ class PineconeStandin:
             except ValueError:
                 body = None
             if request.method == "GET":  # GET endpoints take their arguments in the query string
-                body = dict(request.query_params)
+                params = request.query_params
+                body = {k: params.getlist(k) if k == "ids" else v for k, v in params.items()}
             record = RecordedRequest(
                 method=request.method,
                 path=request.url.path,
@@ -235,7 +245,7 @@ class PineconeStandin:
             return response
 
         for path in handlers:
-            app.add_api_route(path, dispatch, methods=["GET" if path == "/namespaces" else "POST"])
+            app.add_api_route(path, dispatch, methods=["GET" if path in get_paths else "POST"])
         return app
 
     # Handlers run under self._lock.
@@ -348,6 +358,41 @@ class PineconeStandin:
         if start + limit < len(names):
             body["pagination"] = {"next": str(start + limit)}
         return JSONResponse(body)
+
+    def _list_vectors(self, params: dict[str, Any]) -> JSONResponse:
+        namespace, prefix = params.get("namespace", ""), params.get("prefix", "")
+        try:
+            limit = int(params.get("limit", 100))
+            start = int(params.get("paginationToken", 0))
+        except ValueError:
+            return _error(400, "limit and paginationToken must be integers")
+        if not 1 <= limit <= 100:
+            return _error(400, "limit must be between 1 and 100")
+        ids = sorted(vid for vid in self.namespaces.get(namespace, {}) if vid.startswith(prefix))
+        body: dict[str, Any] = {
+            "vectors": [{"id": vid} for vid in ids[start : start + limit]],
+            "namespace": namespace,
+            "usage": {"readUnits": 1},
+        }
+        if start + limit < len(ids):
+            body["pagination"] = {"next": str(start + limit)}
+        return JSONResponse(body)
+
+    def _fetch(self, params: dict[str, Any]) -> JSONResponse:
+        ids, namespace = params.get("ids") or [], params.get("namespace", "")
+        if not ids:
+            return _error(400, "Invalid request: 'ids' must be a non-empty list")
+        if len(ids) > MAX_FETCH_IDS:
+            return _error(400, f"At most {MAX_FETCH_IDS} ids can be fetched per request")
+        stored = self.namespaces.get(namespace, {})
+        vectors: dict[str, Any] = {}
+        for vid in ids:
+            item = stored.get(vid)
+            if item is not None:
+                vectors[vid] = {"id": vid, "values": item.values.tolist()}
+                if item.metadata is not None:
+                    vectors[vid]["metadata"] = item.metadata
+        return JSONResponse({"vectors": vectors, "namespace": namespace, "usage": {"readUnits": 1}})
 
     def _delete(self, body: dict[str, Any]) -> JSONResponse:
         namespace = body.get("namespace", "")

@@ -176,3 +176,78 @@ def test_inconsistent_vectors_and_a_bad_top_k_are_refused_without_a_write(store:
     with pytest.raises(ValueError, match="top_k"):
         store.query("e1", unit(1), top_k=0)
     assert store.count("e1") == 1
+
+
+# ---- keyword search -----------------------------------------------------------------------------
+
+
+def texts(expert: str, *chunks: str) -> list[VectorRecord]:
+    # All vectors alike, so only the words can tell the records apart.
+    return [record(expert, "f", i, unit(1, 0.01 * i), text=t) for i, t in enumerate(chunks)]
+
+
+def test_keyword_query_finds_exact_terms_best_first_with_metadata(store: VectorStore) -> None:
+    store.upsert("e1", texts(
+        "e1",
+        "The coolant pump XR-7730 is mounted on the left side.",
+        "Replace the coolant pump XR-7731 every 4,000 hours; the XR-7731 seal wears first.",
+        "The Kühlmittelpumpe fördert das Kühlmittel durch den Motorblock.",
+        "Nothing about pumps here, only the weather in Tallinn.",
+    ))
+    matches = store.keyword_query("e1", "XR-7731", top_k=3)
+    assert matches[0].id == vector_id("e1", "f", 1)
+    assert matches[0].metadata == {
+        "expert_id": "e1", "file_id": "f", "filename": "f.pdf", "page": 2, "chunk_index": 1,
+        "text": "Replace the coolant pump XR-7731 every 4,000 hours; the XR-7731 seal wears first.",
+    }
+    assert type(matches[0].metadata["page"]) is int
+    assert [m.score for m in matches] == sorted((m.score for m in matches), reverse=True)
+    assert matches[0].score > 0
+    assert vector_id("e1", "f", 3) not in {m.id for m in matches}  # shares no word
+    # Case and accents do not matter; a word no record holds finds nothing.
+    for query in ("kühlmittelpumpe", "KUHLMITTELPUMPE", "Kühlmittelpumpe?"):
+        assert [m.id for m in store.keyword_query("e1", query)] == [vector_id("e1", "f", 2)], query
+    assert store.keyword_query("e1", "zeppelin") == []
+    assert store.keyword_query("e1", "   ") == []
+    assert len(store.keyword_query("e1", "pump coolant XR", top_k=1)) == 1
+
+
+def test_keyword_query_takes_user_text_literally(store: VectorStore) -> None:
+    store.upsert("e1", texts("e1", 'He said "stop" (twice) AND left.', "An unrelated line."))
+    for query in ('"stop" AND (', "OR NOT -", "text:*", "stop)"):
+        found = store.keyword_query("e1", query)  # never a query-syntax error
+        assert {m.id for m in found} <= {vector_id("e1", "f", 0)}, query
+    assert store.keyword_query("e1", '"stop" AND (')[0].id == vector_id("e1", "f", 0)
+
+
+def test_keyword_query_follows_writes_and_namespaces(store: VectorStore) -> None:
+    assert store.keyword_query("nobody", "anything") == []
+    store.upsert("e1", texts("e1", "alpha bravo", "charlie delta"))
+    store.upsert("e2", texts("e2", "alpha echo"))
+    assert [m.id for m in store.keyword_query("e1", "alpha")] == [vector_id("e1", "f", 0)]
+    assert store.keyword_query("e1", "echo") == []
+    # Replaced text, added records and deleted ids show at once.
+    store.upsert("e1", texts("e1", "foxtrot golf"))
+    assert store.keyword_query("e1", "alpha") == []
+    assert [m.id for m in store.keyword_query("e1", "foxtrot")] == [vector_id("e1", "f", 0)]
+    store.upsert("e1", [record("e1", "g", 0, unit(1), text="alpha again")])
+    assert [m.id for m in store.keyword_query("e1", "alpha")] == [vector_id("e1", "g", 0)]
+    store.delete_ids("e1", [vector_id("e1", "g", 0)])
+    assert store.keyword_query("e1", "alpha") == []
+    store.delete_namespace("e2")
+    assert store.keyword_query("e2", "alpha") == []
+    with pytest.raises(ValueError, match="top_k"):
+        store.keyword_query("e1", "alpha", top_k=0)
+
+
+def test_keyword_query_over_many_records(store: VectorStore) -> None:
+    # More records than one Pinecone list page or fetch, and than LanceDB leaves unindexed.
+    records = [
+        record("e1", "f", i, unit(1, (i % 97) / 97), text=f"routine maintenance note {i} for pump unit P-{i}")
+        for i in range(700)
+    ]
+    for start in range(0, 700, 64):  # in batches, as the pipeline writes
+        store.upsert("e1", records[start : start + 64])
+    found = store.keyword_query("e1", "P-613", top_k=5)
+    assert found[0].id == vector_id("e1", "f", 613)
+    assert len(store.keyword_query("e1", "maintenance", top_k=50)) == 50

@@ -13,6 +13,15 @@ cosine similarity. Calls and endpoints (pinecone 10.2, header `X-Pinecone-Api-Ve
 * `delete_ids`       -> `Index.delete(ids=[...], namespace=ns)`       POST /vectors/delete
 * `list_namespaces`  -> `Index.list_namespaces()`                     GET /namespaces (paged);
                         `describe_index_stats` where that API is missing (older/pod indexes)
+* `keyword_query`    -> `Index.list(namespace=ns)` + `Index.fetch(ids=[...], namespace=ns)`
+                                                                      GET /vectors/list, /vectors/fetch
+
+Keyword search (BM25) is kept beside the index, in this process: the chunk texts stored in the
+records' metadata are read once (list the ids, fetch them 100 at a time) into an in-memory
+`KeywordIndex` per namespace, rebuilt when the namespace's record count changes, after
+KEYWORD_INDEX_MAX_AGE_SECONDS, or after a write through this store. Pinecone's own keyword
+route (sparse vectors) needs a dotproduct index or a second, sparse index; reading the texts
+needs neither, and an expert's few thousand chunks build in well under a second.
 
 Limits kept here (Pinecone's documented data-plane limits):
 
@@ -40,7 +49,10 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +60,7 @@ import orjson  # a dependency of pinecone>=10; the encoder its HTTP client sends
 from pydantic import BaseModel, PrivateAttr
 
 from expert_pipeline.core.ports import MetadataValue, VectorMatch, VectorRecord
+from expert_pipeline.retrieval.keyword import KeywordIndex
 
 if TYPE_CHECKING:
     from pinecone import Index, Pinecone
@@ -78,6 +91,13 @@ MAX_METADATA_BYTES = 40 * 1024
 METADATA_BUDGET_BYTES = 40_000
 # Pinecone deletes at most 1,000 ids per request.
 DELETE_BATCH_SIZE = 1000
+# Ids per fetch request: they travel in the URL's query string, which servers cap at ~8-16 KB.
+FETCH_BATCH_SIZE = 100
+# How long a namespace's keyword index is trusted when its record count has not changed (a
+# re-ingest can replace texts under the same ids, from another process).
+KEYWORD_INDEX_MAX_AGE_SECONDS = 60.0
+# Namespaces whose keyword index is kept in memory at once (least recently used are dropped).
+KEYWORD_INDEX_CACHE_SIZE = 16
 # Pinecone's namespace rules (the SDK checks them only for its own `delete_namespace`).
 _MAX_NAMESPACE_LENGTH = 512
 # Pinecone stores every metadata number as a 64-bit float; these come back as ints.
@@ -86,6 +106,14 @@ _INTEGER_FIELDS = frozenset({"page", "chunk_index"})
 # Guards creating and closing the shared SDK client; module-level rather than a private attribute
 # because a lock cannot be copied, and resource instances may be (Dagster copies them).
 _CLIENT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _KeywordEntry:
+    index: KeywordIndex
+    metadata: dict[str, dict[str, MetadataValue]]
+    record_count: int
+    built_at: float
 
 
 class PineconeVectorStore(BaseModel):
@@ -103,6 +131,7 @@ class PineconeVectorStore(BaseModel):
 
     _pinecone: Any = PrivateAttr(default=None)
     _index: Any = PrivateAttr(default=None)
+    _keyword_indexes: OrderedDict[str, _KeywordEntry] = PrivateAttr(default_factory=OrderedDict)
 
     # ---- the VectorStore interface -----------------------------------------------------------
 
@@ -116,6 +145,7 @@ class PineconeVectorStore(BaseModel):
             return 0
         unique = list({record.id: record for record in records}.values())
         wire = _wire_records(unique)
+        self._keyword_indexes.pop(namespace, None)
         index = self.index
         written = 0
         for batch in plan_upsert_batches(wire, namespace, max_records=self._batch_size()):
@@ -154,9 +184,68 @@ class PineconeVectorStore(BaseModel):
             for match in response.matches
         ]
 
+    def keyword_query(self, namespace: str, text: str, top_k: int = 5) -> list[VectorMatch]:
+        """The `top_k` records whose metadata `text` best matches `text` by BM25, best first."""
+        _check_namespace(namespace)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be at least 1, not {top_k!r}")
+        if not text.strip():
+            return []
+        entry = self._keyword_entry(namespace)
+        return [
+            VectorMatch(id=record_id, score=score, metadata=entry.metadata[record_id])
+            for record_id, score in entry.index.search(text, top_k)
+        ]
+
+    def _keyword_entry(self, namespace: str) -> _KeywordEntry:
+        """The namespace's keyword index: the cached one while still current, else built anew."""
+        record_count = self.count(namespace)
+        cached = self._keyword_indexes.get(namespace)
+        if (
+            cached is not None
+            and cached.record_count == record_count
+            and time.monotonic() - cached.built_at < KEYWORD_INDEX_MAX_AGE_SECONDS
+        ):
+            self._keyword_indexes.move_to_end(namespace)
+            return cached
+        metadata = self._all_metadata(namespace) if record_count else {}
+        entry = _KeywordEntry(
+            index=KeywordIndex.build((i, str(m.get("text") or "")) for i, m in metadata.items()),
+            metadata=metadata,
+            record_count=record_count,
+            built_at=time.monotonic(),
+        )
+        self._keyword_indexes[namespace] = entry
+        self._keyword_indexes.move_to_end(namespace)
+        while len(self._keyword_indexes) > KEYWORD_INDEX_CACHE_SIZE:
+            self._keyword_indexes.popitem(last=False)
+        return entry
+
+    def _all_metadata(self, namespace: str) -> dict[str, dict[str, MetadataValue]]:
+        """Every record's metadata in `namespace`, by id (ids listed, then fetched in batches)."""
+        from pinecone import NotFoundError
+
+        index = self.index
+        try:
+            ids = [
+                item.id
+                for page in index.list(namespace=namespace, limit=100)
+                for item in page.vectors
+                if item.id
+            ]
+        except NotFoundError:
+            return {}
+        metadata: dict[str, dict[str, MetadataValue]] = {}
+        for start in range(0, len(ids), FETCH_BATCH_SIZE):
+            response = index.fetch(ids=ids[start : start + FETCH_BATCH_SIZE], namespace=namespace)
+            for record_id, vector in response.vectors.items():
+                metadata[record_id] = _from_pinecone(vector.metadata)
+        return metadata
+
     def delete_namespace(self, namespace: str) -> None:
         """Delete every record in `namespace`; a namespace that does not exist is fine."""
         _check_namespace(namespace)
+        self._keyword_indexes.pop(namespace, None)
         from pinecone import NotFoundError
 
         try:
@@ -174,6 +263,7 @@ class PineconeVectorStore(BaseModel):
         unique = list(dict.fromkeys(ids))
         if not unique:
             return
+        self._keyword_indexes.pop(namespace, None)
         from pinecone import NotFoundError
 
         index = self.index

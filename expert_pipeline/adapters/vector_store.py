@@ -8,6 +8,7 @@ adding copies.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Sequence
@@ -43,6 +44,8 @@ def vector_id(expert_id: str, file_id: str, chunk_index: int) -> str:
     return f"{quote(expert_id, safe='')}:{quote(file_id, safe='')}:{chunk_index}"
 
 
+log = logging.getLogger("expert_pipeline.adapters.vector_store")
+
 # Metadata is stored as typed columns (not a JSON blob) so it can be filtered and read cheaply.
 _STRING_FIELDS = ("expert_id", "file_id", "filename", "text")
 _INT_FIELDS = ("page", "chunk_index")
@@ -50,6 +53,8 @@ METADATA_FIELDS = ("expert_id", "file_id", "filename", "page", "chunk_index", "t
 
 _PLAIN_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 _MAX_ENCODED_NAMESPACE_BYTES = 100
+# Unindexed rows below this are searched flat (milliseconds) rather than folded into the index.
+_REINDEX_MIN_ROWS = 256
 # Big enough to keep each delete's filter expression small, however many ids are passed.
 _DELETE_BATCH = 1000
 
@@ -109,6 +114,41 @@ def _table_dimensions(table: Table) -> int:
     if not isinstance(vector_type, pa.FixedSizeListType):
         raise TypeError(f"table {table.name!r} was not written by this store (vector is {vector_type})")
     return vector_type.list_size
+
+
+def _text_index_config() -> Any:
+    from lancedb.index import FTS
+
+    # LanceDB's native full-text index (BM25): simple tokenizer, lower case, accents folded,
+    # English stop words and stemming. No positions: phrase queries are not used.
+    return FTS(with_position=False)
+
+
+def _refresh_text_index(table: Table) -> None:
+    """Keep the full-text index on `text` current after a write.
+
+    The index only makes keyword search fast: rows written since it was built are still found
+    (searched flat), so it is created on the first write and folded forward (`optimize`, which
+    also compacts the many small files of batched upserts) once the unindexed rows reach a
+    quarter of the indexed ones, which keeps the work linear in the rows written. A failure
+    here (another writer racing on the same table) costs speed, never results, so it is logged.
+    """
+    try:
+        index = next(
+            (i for i in table.list_indices() if i.index_type == "FTS" and i.columns == ["text"]), None
+        )
+        if index is None:
+            table.create_index("text", config=_text_index_config(), replace=True)
+            return
+        stats = table.index_stats(index.name)
+        if stats is not None and stats.num_unindexed_rows >= max(
+            _REINDEX_MIN_ROWS, stats.num_indexed_rows // 4
+        ):
+            table.optimize()
+    except Exception as exc:  # noqa: BLE001 - see the docstring: results stay correct without it
+        log.warning(
+            "full-text index of %s not refreshed (keyword search stays correct, slower): %s", table.name, exc
+        )
 
 
 def _metadata_value(name: str, value: Any) -> MetadataValue:
@@ -213,6 +253,7 @@ class LanceDBVectorStore(BaseModel):
         data = _to_arrow(unique)
         table = self._open_or_create(namespace, len(unique[0].values))
         (table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data))
+        _refresh_text_index(table)
         return len(unique)
 
     def count(self, namespace: str) -> int:
@@ -251,6 +292,34 @@ class LanceDBVectorStore(BaseModel):
                 id=row["id"],
                 # LanceDB's cosine distance is 1 - cosine similarity.
                 score=1.0 - float(row["_distance"]),
+                metadata={name: row[name] for name in METADATA_FIELDS if row.get(name) is not None},
+            )
+            for row in rows
+        ]
+
+    def keyword_query(self, namespace: str, text: str, top_k: int = 5) -> list[VectorMatch]:
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, not {top_k}")
+        if not text.strip():
+            return []
+        table = self._open(namespace)
+        if table is None:
+            return []
+        from lancedb.query import MatchQuery
+
+        # A MatchQuery, not a query string: the user's words are never parsed as query syntax
+        # (quotes, AND/OR, parentheses). Rows not yet in the index are searched too (flat).
+        rows = (
+            # (mypy reads its pydantic fields with defaults as required)
+            table.search(MatchQuery(text, "text"), query_type="fts")  # type: ignore[call-arg]
+            .select(["id", *METADATA_FIELDS, "_score"])
+            .limit(top_k)
+            .to_list()
+        )
+        return [
+            VectorMatch(
+                id=row["id"],
+                score=float(row["_score"]),
                 metadata={name: row[name] for name in METADATA_FIELDS if row.get(name) is not None},
             )
             for row in rows

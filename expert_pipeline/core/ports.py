@@ -113,6 +113,13 @@ class VectorStore(Protocol):
         """The `top_k` nearest records by cosine similarity, best first."""
         ...
 
+    def keyword_query(self, namespace: str, text: str, top_k: int = 5) -> list[VectorMatch]:
+        """The `top_k` records whose stored `text` best matches the words of `text` (BM25
+        full-text ranking, case- and accent-insensitive), best first; the score is the
+        store's keyword relevance (higher is better, not comparable across stores). Records
+        sharing no word with `text` are left out, so the list may be empty."""
+        ...
+
     def delete_namespace(self, namespace: str) -> None: ...
 
     def delete_ids(self, namespace: str, ids: Sequence[str]) -> None: ...
