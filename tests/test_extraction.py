@@ -163,7 +163,8 @@ def test_text_file_cp1252_with_curly_quotes_and_dashes(tmp_path: Path) -> None:
     source = tmp_path / "ansi.txt"
     source.write_bytes((text + "\r\n").encode("cp1252"))
 
-    assert [p.text for p in extract_pages(source)] == [text]
+    # Text is NFKC-normalised (so ligatures match queries), which spells the ellipsis as three dots.
+    assert [p.text for p in extract_pages(source)] == [text.replace("…", "...")]
 
 
 @pytest.mark.parametrize("word", ["Señor", "père", "Zürich", "Ca va? Ça va."])

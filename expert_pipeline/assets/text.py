@@ -5,13 +5,16 @@ time and memory bounds of the extraction worker) fails alone with its reason rec
 other files go on.
 """
 
+import time
+from collections.abc import Callable
+
 import dagster as dg
 
-from expert_pipeline.assets.context import stage_run
+from expert_pipeline.assets.context import StageRun, stage_run
 from expert_pipeline.assets.files import expert_files
 from expert_pipeline.core.models import FileStatus, Stage
 from expert_pipeline.core.progress_service import OPERATOR_DETAIL
-from expert_pipeline.ingest.progress_plan import overall_percentage
+from expert_pipeline.ingest.progress_plan import RateEstimator, ocr_eta, overall_percentage
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings
@@ -59,8 +62,9 @@ def expert_text(
             source = run.work.fetched_path(item.id, item.filename)
             detail: str | None = None
             kind: str
+            on_ocr_page = _ocr_reporter(run, catalog, item.filename, index, total)
             try:
-                extracted = extractor.extract(item.id, source, item.filename)
+                extracted = extractor.extract(item.id, source, item.filename, on_ocr_page)
             except ExtractionError as exc:
                 kind, reason = exc.kind, str(exc)
             except Exception as exc:  # noqa: BLE001 - a parser bug on one file must not sink the expert
@@ -89,3 +93,29 @@ def expert_text(
     return dg.MaterializeResult(
         metadata=run.metadata(files=total, pages=pages, characters=characters, failed_files=failed)
     )
+
+
+def _ocr_reporter(
+    run: StageRun, catalog: ExpertCatalog, filename: str, index: int, total: int
+) -> Callable[[int, int], None]:
+    """Progress per OCR page ("OCR page 3 of 12"), the file's share of the bar, and an ETA."""
+    rate = RateEstimator()
+    rate.observe(time.monotonic(), 0)  # from the file's start: its text layer is read first
+    later: list[float | None] = []  # recent embedding + storage seconds, looked up once
+
+    def report(done: int, pages: int) -> None:
+        rate.observe(time.monotonic(), done)
+        if not later:
+            embedding = catalog.recent_stage_seconds(Stage.EMBEDDING)
+            storage = catalog.recent_stage_seconds(Stage.PINECONE_STORAGE)
+            later.append(None if embedding is None else embedding + (storage or 0.0))
+        finished = done >= pages
+        run.progress.update(
+            overall_percentage(Stage.TEXT_EXTRACTION, EXTRACTION_SHARE * (index + done / pages), total),
+            eta_seconds=ocr_eta(rate, pages - done, later[0]),
+            # The key is cleared when the file is done: details outlive the stage otherwise.
+            details={"filename": filename, "ocr": None if finished else f"OCR page {done} of {pages}"},
+            force=finished,
+        )
+
+    return report

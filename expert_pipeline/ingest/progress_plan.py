@@ -58,3 +58,15 @@ class RateEstimator:
         if not warmed_up or self.rate <= 0:
             return None
         return remaining / self.rate
+
+
+def ocr_eta(rate: RateEstimator, remaining_pages: int, later_seconds: float | None) -> float | None:
+    """Seconds left while OCR reads a scan: its pages at the measured rate, then the later stages.
+
+    `later_seconds` is what embedding and storage took for recent experts (None without history);
+    without it the figure is the OCR alone, a lower bound that the embedding stage then corrects.
+    """
+    ocr = rate.eta(remaining_pages)
+    if ocr is None:
+        return None
+    return ocr + (later_seconds or 0.0)

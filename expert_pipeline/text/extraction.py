@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from expert_pipeline.text.cleaning import drop_repeated_margins
 from expert_pipeline.text.formats.docx import docx_pages
 from expert_pipeline.text.formats.html import html_pages
 from expert_pipeline.text.formats.pdf import NO_TEXT_PDF_MESSAGE, pdf_pages
 from expert_pipeline.text.formats.plain import text_pages
+from expert_pipeline.text.ocr import OcrProgress
 from expert_pipeline.text.pages import ExtractionError, ExtractionErrorKind, PageText, normalize_whitespace
 
 __all__ = [
@@ -41,6 +43,7 @@ def extract_pages(
     *,
     max_pages: int = 5000,
     warnings: list[str] | None = None,
+    on_ocr_page: OcrProgress | None = None,
 ) -> Iterator[PageText]:
     """Yield the text of `path` page by page (1-based page numbers, whitespace normalised).
 
@@ -53,6 +56,7 @@ def extract_pages(
 
     `warnings`, if given, receives the parser's complaints (pypdf reports several per page on
     many real PDFs); they are never written to the log one by one, only counted there.
+    `on_ocr_page(done, total)` is called as each page without a text layer has been read by OCR.
     """
     path = Path(path)
     name = filename or path.name
@@ -64,7 +68,8 @@ def extract_pages(
         raise ExtractionError("empty", "file is empty")
 
     if extension == ".pdf":
-        pages = pdf_pages(path, max_pages, warnings, name)
+        # Only paged documents have running headers and footers.
+        pages = drop_repeated_margins(pdf_pages(path, max_pages, warnings, name, on_ocr_page))
     elif extension == ".docx":
         pages = docx_pages(path, max_pages)
     elif extension in {".html", ".htm"}:

@@ -10,20 +10,28 @@ reason, the worker is replaced, and the expert's other files go on.
 The worker is started once per run (spawn, so it imports only this module and the parsers,
 never torch or numpy) and reused for every file, so the isolation costs well under a second
 per run. The memory cap is on the worker's whole address space, of which the interpreter and
-the parsers take about 80 MB.
+the parsers take about 80 MB. OCR runs Tesseract as child processes of the worker, each under
+the same cap of its own (about 150 MB per page at 200 dpi), so the cap needs no change for it.
+
+Pages read by OCR are reported through a small progress file beside the page text, which this
+process polls: each OCR page extends the file's deadline by OCR_SECONDS_PER_PAGE, since a
+200-page scan needs minutes where a text PDF of the same size needs seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import multiprocessing
 import resource
-from concurrent.futures import TimeoutError as FutureTimeout
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Final, Self
 
 from pebble import ProcessExpired, ProcessPool
 
@@ -38,6 +46,11 @@ class ExtractionLimits:
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
+# A page takes about 1.3 s of one core; the allowance leaves room for a machine under load.
+OCR_SECONDS_PER_PAGE: Final = 20.0
+_POLL_SECONDS: Final = 0.25
+
+OcrProgressCallback = Callable[[int, int], None]  # (pages read by OCR, pages to read)
 
 
 @dataclass(frozen=True)
@@ -62,8 +75,18 @@ def _extract_to_work_area(
     work_dir: str, expert_id: str, file_id: str, source: str, filename: str, memory_mb: int
 ) -> Extracted:
     work = ExpertWorkArea(Path(work_dir), expert_id)
+    progress = _progress_path(work, file_id)
+
+    def on_ocr_page(done: int, total: int) -> None:
+        partial = progress.with_suffix(".tmp")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"done": done, "total": total}))
+        partial.replace(progress)  # the parent never reads a half-written file
+
     try:
-        pages, characters = work.write_pages(file_id, extract_pages(Path(source), filename))
+        pages, characters = work.write_pages(
+            file_id, extract_pages(Path(source), filename, on_ocr_page=on_ocr_page)
+        )
     except MemoryError:
         # An allocation refused by the cap: the parser's objects are gone once this unwinds,
         # so the same worker can take the next file.
@@ -72,7 +95,21 @@ def _extract_to_work_area(
         ) from None
     except RecursionError:
         raise ExtractionError("corrupt", "damaged file: its structure is nested too deeply to read") from None
+    finally:
+        progress.unlink(missing_ok=True)
     return Extracted(pages=pages, characters=characters)
+
+
+def _progress_path(work: ExpertWorkArea, file_id: str) -> Path:
+    return work.text_path(file_id).with_suffix(".ocr-progress")
+
+
+def _read_progress(path: Path) -> tuple[int, int] | None:
+    try:
+        data = json.loads(path.read_text())
+        return int(data["done"]), int(data["total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class IsolatedExtractor:
@@ -100,9 +137,16 @@ class IsolatedExtractor:
             self._pool.join(timeout=10)
             self._pool = None
 
-    def extract(self, file_id: str, source: Path, filename: str) -> Extracted:
-        """Pages written to the work area, or ExtractionError with a reason for the user."""
+    def extract(
+        self, file_id: str, source: Path, filename: str, on_ocr_page: OcrProgressCallback | None = None
+    ) -> Extracted:
+        """Pages written to the work area, or ExtractionError with a reason for the user.
+
+        `on_ocr_page(done, total)` is called here, in the caller's thread, as OCR reads pages.
+        """
         assert self._pool is not None, "use IsolatedExtractor as a context manager"
+        progress = _progress_path(self.work, file_id)
+        progress.unlink(missing_ok=True)
         future = self._pool.schedule(
             _extract_to_work_area,
             args=(
@@ -113,17 +157,28 @@ class IsolatedExtractor:
                 filename,
                 self.limits.memory_mb,
             ),
-            timeout=self.limits.timeout_seconds,
         )
+        started = time.monotonic()
+        seen: tuple[int, int] | None = None
+        while not future.done():
+            wait([future], timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            now = _read_progress(progress)
+            if now is not None and now != seen:
+                seen = now
+                if on_ocr_page is not None:
+                    on_ocr_page(*now)
+            allowance = self.limits.timeout_seconds + OCR_SECONDS_PER_PAGE * (seen[1] if seen else 0)
+            if not future.done() and time.monotonic() - started > allowance:
+                future.cancel()  # pebble ends the worker; a fresh one takes the next file
+                self._discard_partial(file_id)
+                progress.unlink(missing_ok=True)
+                raise ExtractionError(
+                    "too_large", f"too large or too complex: extraction took longer than {allowance:g} s"
+                )
+        if seen is not None and seen[0] < seen[1] and on_ocr_page is not None:
+            on_ocr_page(seen[1], seen[1])  # the last pages ended between two polls
         try:
             return future.result()
-        except FutureTimeout:
-            # pebble has killed the worker; a fresh one takes the next file.
-            self._discard_partial(file_id)
-            raise ExtractionError(
-                "too_large",
-                f"too large or too complex: extraction took longer than {self.limits.timeout_seconds:g} s",
-            ) from None
         except ProcessExpired as exc:
             # Killed from outside the cap's reach (the kernel's OOM killer, a parser crash in C).
             self._discard_partial(file_id)

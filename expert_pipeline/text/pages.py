@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,7 +38,8 @@ _MANY_NEWLINES = re.compile(r"\n{3,}")
 
 
 def normalize_whitespace(text: str) -> str:
-    """One space between words, at most one blank line between paragraphs, no NULs."""
+    """NFKC (ligatures as plain letters), one space between words, at most one blank line, no NULs."""
+    text = unicodedata.normalize("NFKC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n\n")
     text = _CONTROL_CHARS.sub("", text)
     text = _HORIZONTAL_SPACE.sub(" ", text)

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
+from expert_pipeline.text.cleaning import join_hyphenated, split_columns
+from expert_pipeline.text.ocr import OcrProgress, find_engine, ocr_pdf_pages, require_engine
 from expert_pipeline.text.pages import ExtractionError, PageText, non_space_chars, normalize_whitespace
 
 if TYPE_CHECKING:
@@ -25,10 +27,22 @@ MIN_PDF_CHARS: Final = 20
 MIN_PDF_CHARS_PER_PAGE: Final = 10
 
 NO_TEXT_PDF_MESSAGE: Final = "no extractable text (scanned or image-only document?)"
+NO_TEXT_AFTER_OCR_MESSAGE: Final = (
+    "no extractable text: its pages are images in which OCR found no text (photographs or drawings?)"
+)
+# A text layer where fewer than this share of characters are letters, digits or punctuation is
+# debris of a broken font encoding, not text: such a page is read by OCR instead.
+MIN_READABLE_SHARE: Final = 0.6
 _NESTED_TOO_DEEPLY: Final = "its structure is nested too deeply to read"
 
 
-def pdf_pages(path: Path, max_pages: int, warnings: list[str] | None, filename: str) -> Iterator[PageText]:
+def pdf_pages(
+    path: Path,
+    max_pages: int,
+    warnings: list[str] | None,
+    filename: str,
+    on_ocr_page: OcrProgress | None = None,
+) -> Iterator[PageText]:
     sink = _WarningSink(warnings)
     with path.open("rb") as handle:
         if b"%PDF-" not in handle.read(1024):
@@ -36,7 +50,7 @@ def pdf_pages(path: Path, max_pages: int, warnings: list[str] | None, filename: 
         handle.seek(0)
         _install_pypdf_log_router()
         try:
-            yield from _read_pdf(handle, max_pages, sink)
+            yield from _read_pdf(path, handle, max_pages, sink, on_ocr_page)
         finally:
             if sink.count:
                 logger.info("pypdf reported %d warnings while reading %s", sink.count, filename)
@@ -104,21 +118,75 @@ def _collect_pypdf_logs(sink: _WarningSink) -> Iterator[None]:
 # --- reading ----------------------------------------------------------------------------------
 
 
-def _read_pdf(handle: IO[bytes], max_pages: int, warnings: _WarningSink) -> Iterator[PageText]:
+def _read_pdf(
+    path: Path, handle: IO[bytes], max_pages: int, warnings: _WarningSink, on_ocr_page: OcrProgress | None
+) -> Iterator[PageText]:
     reader, page_count = _open_pdf(handle, warnings, max_pages)
     if page_count > max_pages:
         raise ExtractionError("too_large", f"too large: {page_count} pages (the limit is {max_pages})")
     characters = 0
     unreadable: list[str] = []
+    to_ocr: list[int] = []
+    held: list[PageText] = []  # pages after the first one to OCR, waiting for it to keep the order
     for number in range(1, page_count + 1):
+        failures = len(unreadable)
         text = _pdf_page_text(reader, number, warnings, unreadable)
-        characters += non_space_chars(text)
+        page = PageText(page=number, text=text)
+        if len(unreadable) == failures and _needs_ocr(reader, number, text, warnings):
+            to_ocr.append(number)
+        else:
+            characters += non_space_chars(text)
         # Blank pages are yielded too, so page numbers and counts match the document.
-        yield PageText(page=number, text=text)
+        if to_ocr:
+            held.append(page)
+        else:
+            yield page
     if len(unreadable) == page_count:
         raise ExtractionError("corrupt", f"damaged PDF: no page could be read ({unreadable[0]})")
-    if characters < max(MIN_PDF_CHARS, MIN_PDF_CHARS_PER_PAGE * page_count):
-        raise ExtractionError("no_text", NO_TEXT_PDF_MESSAGE)
+    enough = max(MIN_PDF_CHARS, MIN_PDF_CHARS_PER_PAGE * page_count)
+    if to_ocr:
+        # Without OCR a document that is mostly text still indexes its text pages.
+        engine = require_engine() if characters < enough else find_engine()
+        if engine is not None:
+            read = dict(ocr_pdf_pages(path, to_ocr, engine, on_ocr_page))
+            held = [_ocr_page(page, read.get(page.page)) for page in held]
+            characters += sum(non_space_chars(read[n]) for n in to_ocr if n in read)
+        yield from held
+    if characters < enough:
+        raise ExtractionError("no_text", NO_TEXT_AFTER_OCR_MESSAGE if to_ocr else NO_TEXT_PDF_MESSAGE)
+
+
+def _ocr_page(page: PageText, ocr_text: str | None) -> PageText:
+    if ocr_text is None:
+        return page
+    return PageText(page=page.page, text=normalize_whitespace(join_hyphenated(ocr_text)))
+
+
+def _needs_ocr(reader: PdfReader, number: int, text: str, warnings: _WarningSink) -> bool:
+    """A page whose text layer is missing or debris, and that shows an image a scan would be."""
+    chars = non_space_chars(text)
+    if chars >= MIN_PDF_CHARS_PER_PAGE:
+        readable = sum(1 for c in text if c.isalnum() or c in ".,;:!?'\"()-%/&") / chars
+        if readable >= MIN_READABLE_SHARE:
+            return False
+    with _collect_pypdf_logs(warnings):
+        try:
+            return _has_images(reader.pages[number - 1])
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - unreadable resources: nothing to OCR
+            return False
+
+
+def _has_images(page: object) -> bool:
+    """Whether the page draws an image (or a form XObject, which may hold one)."""
+    resources = page.get("/Resources")  # type: ignore[attr-defined]
+    resources = resources.get_object() if resources is not None else None
+    objects = resources.get("/XObject") if resources is not None else None
+    objects = objects.get_object() if objects is not None else None
+    if not objects:
+        return b"BI" in page.get_contents().get_data() if page.get_contents() else False  # type: ignore[attr-defined]
+    return any(objects[name].get_object().get("/Subtype") in ("/Image", "/Form") for name in objects)
 
 
 def _beyond_reader_limits(exc: Exception, where: str = "") -> ExtractionError:
@@ -194,7 +262,7 @@ def _pdf_page_text(reader: PdfReader, number: int, warnings: _WarningSink, unrea
 
     with _collect_pypdf_logs(warnings):
         try:
-            raw = reader.pages[number - 1].extract_text()
+            raw = _page_text(reader.pages[number - 1])
         except MemoryError:
             raise
         except LimitReachedError as exc:
@@ -207,4 +275,15 @@ def _pdf_page_text(reader: PdfReader, number: int, warnings: _WarningSink, unrea
             warnings.add(reason)
             unreadable.append(reason)
             return ""
-    return normalize_whitespace(raw or "")
+    return normalize_whitespace(join_hyphenated(raw))
+
+
+def _page_text(page: object) -> str:
+    """Text in reading order: layout mode keeps columns apart and table rows on one line."""
+    try:
+        layout = page.extract_text(extraction_mode="layout")  # type: ignore[attr-defined]
+    except (MemoryError, RecursionError):
+        raise
+    except Exception:  # noqa: BLE001 - layout mode trips on some fonts where plain mode reads them
+        return page.extract_text() or ""  # type: ignore[attr-defined]
+    return split_columns(layout or "")
