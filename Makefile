@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
+	# OCR of scanned PDFs: Debian's Tesseract with English and German models (root only; without it scans fail with "OCR unavailable").
+	@command -v tesseract >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr tesseract-ocr-eng tesseract-ocr-deu >/dev/null; } || echo "tesseract not installed: scanned PDFs will fail with 'OCR unavailable'"
 	touch $(STAMP)
 
 # Test-only packages (pytest, moto, playwright, schemathesis, ...) come with `make test` only.
