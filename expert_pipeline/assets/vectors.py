@@ -69,6 +69,7 @@ def expert_vectors(
                             "file_id": item.id,
                             "filename": item.filename,
                             "page": chunk.page,
+                            "page_end": chunk.page_end if chunk.page_end is not None else chunk.page,
                             "chunk_index": chunk.index,
                             "text": chunk.text,
                         },

@@ -29,6 +29,7 @@ class Source:
     page: int | None
     text: str
     score: float
+    page_end: int | None = None  # set when the passage runs onto a later page
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

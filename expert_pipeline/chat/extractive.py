@@ -228,11 +228,15 @@ def _metadata_text(match: Passage) -> str:
 
 def source_of(match: Passage) -> Source:
     page = match.metadata.get("page")
+    page_end = match.metadata.get("page_end")
+    start = int(page) if isinstance(page, int | float) else None
+    end = int(page_end) if isinstance(page_end, int | float) and start is not None else None
     return Source(
         filename=str(match.metadata.get("filename") or "unknown file"),
-        page=int(page) if isinstance(page, int | float) else None,
+        page=start,
         text=_metadata_text(match),
         score=round(float(match.score), 4),
+        page_end=end if end is not None and start is not None and end > start else None,
     )
 
 

@@ -38,6 +38,7 @@ class Chunk:
     page: int  # page where the chunk starts
     index: int  # 0-based index within the file
     token_count: int
+    page_end: int | None = None  # page where it ends (None in chunk files written before it existed)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ def chunk_pages(
 
     Consecutive chunks share about `overlap_tokens` tokens of text (whole trailing sentences
     when they fit, else trailing words) so a fact split across a boundary is still found.
-    A chunk may span a page break; its `page` is the page its text starts on.
+    A chunk may span a page break; its `page` is the page its text starts on, `page_end` the
+    page it ends on.
     """
     overhead = count_tokens("")  # special tokens such as [CLS] and [SEP], paid once per chunk
     budget = max_tokens - overhead
@@ -143,7 +145,12 @@ class _ChunkBuilder:
             text = _join(self.current)
             actual = self.count_tokens(text)
         chunk = Chunk(
-            text=text, filename=self.filename, page=self.current[0].page, index=self.index, token_count=actual
+            text=text,
+            filename=self.filename,
+            page=self.current[0].page,
+            index=self.index,
+            token_count=actual,
+            page_end=self.current[-1].page,
         )
         self.index += 1
         overlap = _trailing(self.current, self.overlap_tokens, self.count_tokens, self.overhead)

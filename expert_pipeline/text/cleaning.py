@@ -54,6 +54,7 @@ _GUTTER_WIDTH: Final = 3
 # ...and blank on this share of the page's text lines, with text on both sides of it on most.
 _GUTTER_SHARE: Final = 0.9
 _MIN_COLUMN_LINES: Final = 6
+_MIN_COLUMN_CHARS: Final = 20
 
 
 def split_columns(layout_text: str) -> str:
@@ -100,8 +101,14 @@ def _find_gutter(lines: list[str]) -> tuple[int, int] | None:
     if best is None:
         return None
     start, end = best
-    both_sides = sum(1 for line in lines if line[:start].strip() and line[end:].strip())
-    return best if both_sides >= 0.5 * len(lines) else None
+    sides = [(line[:start].strip(), line[end:].strip()) for line in lines]
+    both = [(left, right) for left, right in sides if left and right]
+    if len(both) < 0.5 * len(lines):
+        return None
+    # Columns of prose are wide on both sides; a table's cells are short, and its rows stay rows.
+    left_width = sum(len(left) for left, _ in both) / len(both)
+    right_width = sum(len(right) for _, right in both) / len(both)
+    return best if min(left_width, right_width) >= _MIN_COLUMN_CHARS else None
 
 
 # --- running headers and footers --------------------------------------------------------------
