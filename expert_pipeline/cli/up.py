@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -70,6 +71,28 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
         ],
     }
     urls = {"status API": f"http://{host}:{settings.status_api_port}/docs"}
+    inherited: dict[str, tuple[int, ...]] = {}
+    if (
+        not api_only
+        and settings.embedding_provider == "local"
+        and settings.embedding_server == "auto"
+        and not settings.embedding_server_url
+    ):
+        listener = _listen(settings.embedding_server_port)
+        port = listener.getsockname()[1]
+        # Every run and the API reach the one model through this URL (their settings read it).
+        env["EMBEDDING_SERVER_URL"] = f"http://{LOCAL_HOST}:{port}/v1"
+        commands["embedding server"] = [
+            str(bin_dir / "uvicorn"),
+            "expert_pipeline.embedding_server.app:create_app",
+            "--factory",
+            "--fd",
+            str(listener.fileno()),
+            "--timeout-graceful-shutdown",
+            "3",
+        ]
+        inherited["embedding server"] = (listener.fileno(),)
+        urls["embedding server"] = f"{env['EMBEDDING_SERVER_URL']}/embeddings"
     if not api_only:
         dagster_home = settings.dagster_home
         dagster_home.mkdir(parents=True, exist_ok=True)
@@ -122,6 +145,7 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
             start_new_session=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            pass_fds=inherited.get(name, ()),
         )
         for name, cmd in commands.items()
     }
@@ -149,6 +173,17 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
         watcher.stop()
         stop_all(list(processes.values()))
     return code
+
+
+def _listen(port: int) -> socket.socket:
+    """A listening socket on this machine, handed to the embedding server: with port 0 the port
+    is known before the server starts, and no other process can take it in between."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((LOCAL_HOST, port))
+    listener.listen(256)
+    listener.set_inheritable(True)
+    return listener
 
 
 def stop_all(processes: list[subprocess.Popen[bytes]], grace: float = 15.0) -> None:

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     # How the local model runs: auto (OpenVINO, then torch bf16 where the CPU has it, else
     # torch fp32), or one named; an unavailable choice falls back to torch-fp32, with the reason logged.
     embedding_backend: Literal["auto", "openvino", "torch-bf16", "torch-fp32"] = "auto"
+    # The local model in one server process per machine (`make up` starts it: `auto`), reached
+    # at EMBEDDING_SERVER_URL by runs and the API; `off`, or no URL, loads it in each process.
+    embedding_server: Literal["auto", "off"] = "auto"
+    embedding_server_url: str | None = None
+    embedding_server_port: int = 0  # 0: any free port (the launcher passes the URL on)
 
     vector_store: Literal["lancedb", "pinecone"] = "lancedb"
     pinecone_api_key: str | None = None
@@ -57,6 +62,15 @@ class Settings(BaseSettings):
     max_upload_file_bytes: int = 100 * 1024 * 1024
     max_upload_files: int = 100
     max_upload_total_bytes: int = 500 * 1024 * 1024
+
+    # How the ingest job runs its steps: in the run's own process (one machine), or as Celery
+    # tasks picked up by `expert-pipeline worker` processes on any number of hosts.
+    executor: Literal["in_process", "celery"] = "in_process"
+    celery_broker_url: str | None = None
+    celery_backend_url: str | None = None
+    # A task unacknowledged this long (its worker host died) is handed to another worker; it
+    # must exceed the longest step, or a step still running is started a second time.
+    celery_visibility_timeout_seconds: float = Field(default=3600.0, gt=0)
 
     # Text extraction of one file runs in a worker process with these bounds; a file beyond
     # them fails alone ("too large or too complex").

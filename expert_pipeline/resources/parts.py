@@ -86,6 +86,22 @@ class OpenAIEmbedderResource(dg.ConfigurableResource):
             embedder.close()  # the HTTP client's connections go with the run
 
 
+class ServedEmbedderResource(dg.ConfigurableResource):
+    """The local model held by the machine's embedding server (one per machine, not per run)."""
+
+    base_url: str  # EMBEDDING_SERVER_URL, set by `make up`
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[Embedder]:
+        from expert_pipeline.adapters.served_embedder import served_local_embedder
+
+        embedder = served_local_embedder(self.base_url)
+        try:
+            yield embedder
+        finally:
+            embedder.close()
+
+
 class LanceDBVectorStoreResource(dg.ConfigurableResource):
     """Vectors in an embedded LanceDB database on local disk."""
 
@@ -132,6 +148,8 @@ def part_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             embedding_dimensions=settings.openai_embedding_dimensions,
         )
         if settings.embedding_provider == "openai"
+        else ServedEmbedderResource(base_url=settings.embedding_server_url)
+        if settings.embedding_server_url
         else LocalEmbedderResource(backend=settings.embedding_backend)
     )
     vector_store: dg.ConfigurableResource = (

@@ -7,9 +7,11 @@ counted per status through an httpx hook (`take_trouble`).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,6 +68,10 @@ class OpenAIEmbedder(BaseModel):
     max_concurrent_requests: int = 4
     max_retries: int = 6
     timeout_seconds: float = 60
+    # An OpenAI-compatible server running another model (the local embedding server): its
+    # Hugging Face tokenizer file counts tokens exactly, and its input limit replaces OpenAI's.
+    tokenizer_file: str | None = None
+    input_token_limit: int | None = None
 
     _client: Any = PrivateAttr(default=None)
     _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -91,20 +97,20 @@ class OpenAIEmbedder(BaseModel):
 
     @property
     def max_input_tokens(self) -> int:
-        return MAX_INPUT_TOKENS
+        return self.input_token_limit or MAX_INPUT_TOKENS
 
     def count_tokens(self, text: str) -> int:
-        return token_counter_for(self.model).count(text)
+        return self._counter().count(text)
 
     @property
     def exact_token_counts(self) -> bool:
         """Whether `count_tokens` uses the model's real tokenizer (False: a cautious estimate)."""
-        return token_counter_for(self.model).exact
+        return self._counter().exact
 
     @property
     def token_counting(self) -> str:
         """How tokens are counted, for logs and run metadata."""
-        return token_counter_for(self.model).description
+        return self._counter().description
 
     def warm_up(self) -> float:
         """Nothing to load: the API holds the model (the client is created on first request)."""
@@ -129,7 +135,7 @@ class OpenAIEmbedder(BaseModel):
         texts = list(texts)
         if not texts:
             return []
-        counter = token_counter_for(self.model)
+        counter = self._counter()
         counts = [self._checked_count(i, text, counter) for i, text in enumerate(texts)]
         plan = plan_requests(
             counts, parallel=self.max_concurrent_requests, max_tokens=request_token_limit(counter.exact)
@@ -199,16 +205,22 @@ class OpenAIEmbedder(BaseModel):
 
     # ---- helpers -----------------------------------------------------------------------------
 
+    def _counter(self) -> TokenCounter:
+        if self.tokenizer_file is not None:
+            return _tokenizer_file_counter(self.tokenizer_file)
+        return token_counter_for(self.model)
+
     def _checked_count(self, index: int, text: str, counter: TokenCounter) -> int:
         if not isinstance(text, str):
             raise TypeError(f"text {index} is a {type(text).__name__}, not a str")
         if not text:
             raise ValueError(f"text {index} is empty; the embeddings API rejects empty inputs")
         n = counter.count(text)
-        if n > MAX_INPUT_TOKENS:
+        # A served local model cuts a long input at its limit itself, as it does in process.
+        if n > self.max_input_tokens and self.tokenizer_file is None:
             how = "" if counter.exact else " (estimated: the exact tokenizer is not available)"
             raise ValueError(
-                f"text {index} is {n} tokens{how}, over the {MAX_INPUT_TOKENS}-token limit of "
+                f"text {index} is {n} tokens{how}, over the {self.max_input_tokens}-token limit of "
                 f"{self.model} for one input; split it into smaller chunks"
             )
         return n
@@ -291,6 +303,15 @@ class OpenAIEmbedder(BaseModel):
             raise OpenAIEmbeddingError(f"{self.model} returned a zero or non-finite vector")
         # The API already returns unit vectors; dividing again is cheap and makes it a promise.
         return (matrix / norms).tolist()
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_file_counter(path: str) -> TokenCounter:
+    from expert_pipeline.adapters.local_model_files import SpecialTokensCounter
+
+    return TokenCounter(
+        True, f"exact ({Path(path).name} of the served model)", SpecialTokensCounter(Path(path))
+    )
 
 
 def _retries_taken(exc: Exception) -> int:
