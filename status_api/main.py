@@ -17,9 +17,11 @@ from expert_pipeline.core.settings import Settings, get_settings
 from status_api.api.admission import AdmissionLimit
 from status_api.api.auth_gate import AuthGate
 from status_api.api.errors import install_error_handlers
+from status_api.api.hot_reads import HotReads
 from status_api.api.log_redaction import install_log_redaction
 from status_api.api.main import api_router
 from status_api.api.security_headers import SecurityHeaders
+from status_api.api.token_cache import TokenCache
 from status_api.api.upload_limits import RequestSizeLimit
 from status_api.dashboard import install_dashboard
 from status_api.docs import install_docs
@@ -69,14 +71,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine_for(settings.resolved_database_url)
     install_error_handlers(app, max_upload_files=settings.max_upload_files)
-    # Inside out: the gate authenticates before any body is read; the size limit (outside it)
-    # refuses a declared oversized body at once; admission counts the gate's database lookup.
-    app.add_middleware(AuthGate, engine=app.state.engine)
+    # Live progress (SSE) and the polled GETs' answers in memory, from one read per tick.
+    app.state.progress_broadcaster = ProgressBroadcaster(app.state.engine, settings)
+    app.state.token_cache = TokenCache(app.state.engine)
+    # Inside out: the polled GETs are answered from memory once the caller is known; the gate
+    # authenticates (from memory, or the database) before any body is read; the size limit
+    # (outside it) refuses a declared oversized body at once; admission counts the gate's lookup.
+    app.add_middleware(HotReads, broadcaster=app.state.progress_broadcaster)
+    app.add_middleware(AuthGate, engine=app.state.engine, tokens=app.state.token_cache)
     app.add_middleware(RequestSizeLimit, max_upload_bytes=settings.max_upload_total_bytes)
     app.add_middleware(AdmissionLimit)
     app.add_middleware(SecurityHeaders)  # outermost: early 413/503 answers get the headers too
-    # Live progress (SSE) and chat, for the API and the dashboard that uses it.
-    app.state.progress_broadcaster = ProgressBroadcaster(app.state.engine, settings)
+    # Chat, for the API and the dashboard that uses it.
     app.state.chat_provider = build_chat_provider(settings)
     app.include_router(api_router)
     install_dashboard(app)

@@ -2,8 +2,9 @@
 
 Authentication used to be a FastAPI dependency, which runs after the request body has been
 received and parsed: an unauthenticated 200 MB POST was read whole before its 401. This pure
-ASGI middleware looks only at the request line and headers, resolves the caller (one database
-lookup in a worker thread, the same rules as `deps.resolve_principal`), answers 401 without
+ASGI middleware looks only at the request line and headers, resolves the caller (from the
+tokens held in memory, `token_cache`, for a known accepted token; otherwise one database lookup
+in a worker thread, the same rules as `deps.resolve_principal`), answers 401 without
 touching the body, and otherwise leaves the principal in `scope["state"]` for the routes'
 dependency. The live-stream routes also accept a single-use `?ticket=` (see `auth`), since
 EventSource cannot send an Authorization header and a token in a URL ends up in logs.
@@ -36,6 +37,7 @@ from expert_pipeline.core import auth
 from expert_pipeline.core.auth import LOCAL_PRINCIPAL, Principal
 from status_api.api.deps import PRINCIPAL_STATE_KEY, bearer_token, resolve_principal
 from status_api.api.errors import error_response
+from status_api.api.token_cache import TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +131,10 @@ class AuthGate:
     """Resolves the caller of every `/api/*` request before the application (and its body
     parsing) runs; 401 / 403 / 503 answered here, never reading the body."""
 
-    def __init__(self, app: ASGIApp, engine: Engine) -> None:
+    def __init__(self, app: ASGIApp, engine: Engine, tokens: TokenCache | None = None) -> None:
         self.app = app
         self.engine = engine
+        self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not is_api_path(scope["path"]) or scope["path"] in PUBLIC_API_PATHS:
@@ -142,6 +145,13 @@ class AuthGate:
         ticket = None
         if token is None and scope["method"] == "GET" and STREAM_PATH.match(scope["path"]):
             ticket = _query_value(scope, "ticket") or None
+        if token and self.tokens is not None:
+            # The common case from memory: a known, accepted token (no query).
+            principal = self.tokens.principal(token)
+            if principal is not None:
+                scope.setdefault("state", {})[PRINCIPAL_STATE_KEY] = principal
+                await self.app(scope, receive, send)
+                return
         try:
             # Blocking database work: in a worker thread, never on the event loop.
             outcome = await anyio.to_thread.run_sync(self._resolve, token, ticket)

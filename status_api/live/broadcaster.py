@@ -9,6 +9,11 @@ browsers watch, the database sees the same reads. A notification wakes the polle
 bursts are coalesced (reads never run closer together than `min_read_gap_seconds`), and rows
 read twice inside the look-back window are recognised by their `updated_at` and sent once.
 
+In-memory answers: the same reads keep `answers` (`snapshot.ProgressSnapshot`), from which
+`status_api.api.hot_reads` serves the polled GETs. Those requests keep the poller running
+(`hold`) for `hold_seconds` after the last one, streams or not; the experts held there are
+read by id in the tick's query as well.
+
 Revoked tokens: every `token_recheck_seconds` (10 s) the poller asks, in one query, whether the
 tokens the open streams were authenticated with are still accepted; a stream whose token was
 revoked or has expired (or opened in local mode, once a token exists) is ended.
@@ -36,6 +41,7 @@ from expert_pipeline.core.settings import Settings, get_settings
 from status_api.live.encoding import ProgressChange
 from status_api.live.fanout import Fanout, Subscription
 from status_api.live.listening import NotifyListener, ProgressReader, listen_conninfo
+from status_api.live.snapshot import ProgressSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,7 @@ class ProgressBroadcaster:
         reseed_seconds: float = 30.0,
         use_listen: bool = True,
         token_recheck_seconds: float = 10.0,
+        hold_seconds: float = 30.0,
     ) -> None:
         self.engine = engine
         self.settings = settings or get_settings()
@@ -102,6 +109,10 @@ class ProgressBroadcaster:
         self.stats = BroadcasterStats()
         self._reader = ProgressReader(engine, self.settings)
         self._subs = Fanout(queue_size)
+        # The polled GETs' answers; a read older than two ticks is not served.
+        self.answers = ProgressSnapshot(self.settings, fresh_seconds=2 * tick_seconds)
+        self.hold_seconds = hold_seconds
+        self._hold_until = 0.0
 
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -158,6 +169,20 @@ class ProgressBroadcaster:
     def latest(self, expert_id: str) -> ProgressChange | None:
         return self._active.get(expert_id)
 
+    def hold(self) -> None:
+        """Keep reading for `hold_seconds` more, listeners or not (a polled GET was answered or
+        missed). Call on the event loop."""
+        self._hold_until = time.monotonic() + self.hold_seconds
+        self._ensure_running()
+
+    def wake(self) -> None:
+        """Read now rather than at the next tick (memory was written past). On the event loop."""
+        if self._wake is not None:
+            self._wake.set()
+
+    def _wanted(self) -> bool:
+        return bool(self.subscriber_count) or time.monotonic() < self._hold_until
+
     def _ensure_running(self) -> None:
         if self.running:
             return
@@ -167,6 +192,7 @@ class ProgressBroadcaster:
         self._versions.clear()
         self._active.clear()
         self._notified.clear()
+        self.answers.reset()
         self.stats.pollers_started += 1
         self._recheck_at = time.monotonic() + self.token_recheck_seconds  # just authenticated
         self._task = asyncio.get_running_loop().create_task(self._run(), name="progress-broadcaster")
@@ -188,13 +214,13 @@ class ProgressBroadcaster:
         listening = self._start_listening()
         last_read = 0.0
         try:
-            while self.subscriber_count:
+            while self._wanted():
                 if self._seeded.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self.tick_seconds):
                             await self._wake.wait()
                 self._wake.clear()
-                if not self.subscriber_count:
+                if not self._wanted():
                     break
                 gap = self.min_read_gap_seconds - (time.monotonic() - last_read)
                 if gap > 0:
@@ -246,13 +272,19 @@ class ProgressBroadcaster:
         started = datetime.now(UTC)
         since = self._since or (started - timedelta(seconds=self.lookback_seconds))
         t0 = time.perf_counter()
+        read_started = time.monotonic()
+        tracked = self.answers.ids_to_read()
+        # A reseed rebuilds the streams' snapshot from what it reads: every row is presented.
+        seen = None if reseeding else self.answers.seen()
         try:
             pending = (
                 {}
                 if reseeding
                 else {c.expert_id: c.started_at for c in self._active.values() if c.status == Status.PENDING}
             )
-            changes = await asyncio.to_thread(self._reader.read, since, sorted(ids), reseeding, pending)
+            changes, returned = await asyncio.to_thread(
+                self._reader.read, since, sorted(ids), reseeding, pending, tracked, seen
+            )
         except Exception as exc:  # noqa: BLE001 - a database outage: keep subscribers, retry
             self.stats.read_errors += 1
             self._notified |= ids
@@ -270,6 +302,7 @@ class ProgressBroadcaster:
         # snapshot (active experts only), not as a burst of old changes. One-expert subscribers
         # still get it (they drop versions they already have).
         self._publish(changes, to_all=not seeding)
+        self.answers.apply(changes, tracked, returned, read_started, self._reader.pipeline)
         if reseeding:
             # Entries already known stay (they carry what was last sent, e.g. a stalled flag);
             # experts no longer active, or deleted, leave.

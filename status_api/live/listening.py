@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -34,6 +34,7 @@ from expert_pipeline.core.models import Expert, ExpertProcessingProgress, Status
 from expert_pipeline.core.pipeline_health import PipelineState
 from expert_pipeline.core.settings import Settings
 from status_api.live.encoding import ACTIVE, ProgressChange, encode_record
+from status_api.live.snapshot import Seen, seen_of
 from status_api.pipeline_probe import observed_state
 from status_api.progress_view import present
 
@@ -65,11 +66,11 @@ class ProgressReader:
         self._pipeline_read_at = 0.0
 
     @staticmethod
-    def query(since: datetime, ids: list[str], seeding: bool) -> Select[Any]:
+    def query(since: datetime, ids: Sequence[str], seeding: bool) -> Select[Any]:
         table = ExpertProcessingProgress.__table__
         conditions = [table.c.updated_at > since]
         if ids:
-            conditions.append(table.c.expert_id.in_(ids))
+            conditions.append(table.c.expert_id.in_(list(ids)))
         if seeding:
             conditions.append(table.c.status.in_(sorted(ACTIVE)))
         experts = Expert.__table__
@@ -81,13 +82,21 @@ class ProgressReader:
         )
 
     def read(
-        self, since: datetime, ids: list[str], seeding: bool, pending: dict[str, datetime]
-    ) -> list[ProgressChange]:
+        self,
+        since: datetime,
+        ids: list[str],
+        seeding: bool,
+        pending: dict[str, datetime],
+        tracked: Sequence[str] = (),
+        seen: Mapping[str, Seen] | None = None,
+    ) -> tuple[list[ProgressChange], set[str]]:
         """The tick's single query. Rows are presented exactly as `GET /api/experts/{id}/progress`
         presents them, and encoded once, off the event loop. `pending` (the known pending
-        experts and when they were queued) gives the queue positions."""
+        experts and when they were queued) gives the queue positions. `tracked` (the in-memory
+        answers' experts) are read by id too; a row equal to what `seen` holds for it is not
+        presented again. Returns the presented rows and the ids of every row read."""
         with Session(self.engine) as session:
-            rows = session.execute(self.query(since, ids, seeding)).all()
+            rows = session.execute(self.query(since, sorted({*ids, *tracked}), seeding)).all()
         for row in rows:
             if row.status == Status.PENDING:
                 pending[row.expert_id] = row.started_at
@@ -95,19 +104,27 @@ class ProgressReader:
                 pending.pop(row.expert_id, None)
         order = sorted(pending.items(), key=lambda item: (item[1], item[0]))
         queue = {expert_id: position for position, (expert_id, _) in enumerate(order, 1)}
-        if pending and time.monotonic() - self._pipeline_read_at > 2.0:
+        now = utcnow()
+        # A pending expert waiting past the stall allowance is shown with the pipeline's state:
+        # read it every tick then, as the route reads it on every request.
+        waiting = bool(order) and now - order[0][1] > timedelta(seconds=self.settings.stall_after_seconds)
+        if pending and (waiting or time.monotonic() - self._pipeline_read_at > 2.0):
             with Session(self.engine) as session:
                 self.pipeline = observed_state(session)
             self._pipeline_read_at = time.monotonic()
-        now = utcnow()
-        return [
+        known = seen or {}
+        fresh = [
+            r for r in rows if known.get(r.expert_id) != seen_of(r.updated_at, r.heartbeat_at, r.expert_owner)
+        ]
+        changes = [
             encode_record(
                 present(row, self.settings, queue, now, self.pipeline),  # type: ignore[arg-type]
                 owner=row.expert_owner,
                 alive_at=_alive_at(row),
             )
-            for row in rows
+            for row in fresh
         ]
+        return changes, {row.expert_id for row in rows}
 
     def read_tokens(self, token_ids: set[str], local: bool) -> tuple[set[str], bool]:
         """The token ids still accepted, and (for local-mode streams) whether any token exists."""
