@@ -95,8 +95,6 @@ def _extract_to_work_area(
         ) from None
     except RecursionError:
         raise ExtractionError("corrupt", "damaged file: its structure is nested too deeply to read") from None
-    finally:
-        progress.unlink(missing_ok=True)
     return Extracted(pages=pages, characters=characters)
 
 
@@ -175,8 +173,11 @@ class IsolatedExtractor:
                 raise ExtractionError(
                     "too_large", f"too large or too complex: extraction took longer than {allowance:g} s"
                 )
-        if seen is not None and seen[0] < seen[1] and on_ocr_page is not None:
-            on_ocr_page(seen[1], seen[1])  # the last pages ended between two polls
+        # The last pages (or all of a short scan) may have been read between two polls.
+        final = _read_progress(progress)
+        progress.unlink(missing_ok=True)
+        if final is not None and final != seen and on_ocr_page is not None:
+            on_ocr_page(*final)
         try:
             return future.result()
         except ProcessExpired as exc:

@@ -34,8 +34,10 @@ PREFERRED_LANGUAGES: Final = ("eng", "deu")
 MIN_WORD_CONFIDENCE: Final = 50.0
 # One page of Tesseract should never take this long; a page that does is skipped, not waited for.
 PAGE_TIMEOUT_SECONDS: Final = 120.0
-INSTALL_HINT: Final = "apt-get install tesseract-ocr tesseract-ocr-eng tesseract-ocr-deu"
-UNAVAILABLE_MESSAGE: Final = f"OCR unavailable: install {INSTALL_HINT} to read scanned pages"
+INSTALL_HINT: Final = "tesseract-ocr tesseract-ocr-eng tesseract-ocr-deu"
+UNAVAILABLE_MESSAGE: Final = (
+    f"OCR unavailable: install {INSTALL_HINT} (Debian packages) to read scanned pages"
+)
 
 OcrProgress = Callable[[int, int], None]  # (pages read, pages to read)
 

@@ -1,0 +1,131 @@
+"""Scanned pages become searchable text by OCR, inside the bounded extraction worker."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader, PdfWriter
+
+from expert_pipeline.ingest.work_area import ExpertWorkArea
+from expert_pipeline.text import ocr
+from expert_pipeline.text.extraction import ExtractionError, extract_pages
+from expert_pipeline.text.formats import pdf as pdf_format
+from expert_pipeline.text.isolated_extraction import ExtractionLimits, IsolatedExtractor
+from tests.fixture_documents import make_pdf
+
+needs_tesseract = pytest.mark.skipif(
+    ocr.find_engine() is None, reason=f"Tesseract is not installed ({ocr.INSTALL_HINT})"
+)
+
+SCANNED_TEXT = [
+    "The lighthouse keeper recorded seventeen ships passing the northern cape.",
+    "Die Brücke über den Fluss wurde im Frühling für den Verkehr geöffnet.",
+]
+
+
+def _scan(source: Path, target: Path, dpi: int = 200) -> Path:
+    """`source` rendered to images and wrapped in a PDF with no text layer, like a scanner's."""
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument(str(source))
+    images = [page.render(scale=dpi / 72, grayscale=True).to_pil() for page in document]
+    document.close()
+    images[0].save(target, format="PDF", resolution=dpi, save_all=True, append_images=images[1:])
+    return target
+
+
+def _short_pages(path: Path, texts: list[str]) -> Path:
+    # Short pages: OCR time grows with the page area, and the tests stay fast.
+    from reportlab.pdfgen import canvas
+
+    pdf = canvas.Canvas(str(path), pagesize=(595, 160))
+    for text in texts:
+        pdf.setFont("Helvetica", 12)
+        pdf.drawString(40, 100, text)
+        pdf.showPage()
+    pdf.save()
+    return path
+
+
+@needs_tesseract
+def test_a_scanned_page_becomes_searchable_text(tmp_path: Path) -> None:
+    scan = _scan(_short_pages(tmp_path / "typed.pdf", SCANNED_TEXT), tmp_path / "scan.pdf")
+    assert not "".join(page.extract_text() for page in PdfReader(scan).pages).strip()
+
+    pages = list(extract_pages(scan))
+
+    assert [p.page for p in pages] == [1, 2]
+    assert "lighthouse keeper recorded seventeen ships" in pages[0].text
+    assert all(word in pages[1].text for word in ("Brücke", "Fluss", "Frühling", "geöffnet"))
+
+
+@needs_tesseract
+def test_ocr_runs_in_the_worker_and_reports_each_page(tmp_path: Path) -> None:
+    scan = _scan(_short_pages(tmp_path / "typed.pdf", SCANNED_TEXT), tmp_path / "scan.pdf")
+    work = ExpertWorkArea(tmp_path / "work", "expert-1")
+    seen: list[tuple[int, int]] = []
+
+    with IsolatedExtractor(work, ExtractionLimits(timeout_seconds=60, memory_mb=2048)) as extractor:
+        extracted = extractor.extract(
+            "file-1", scan, "scan.pdf", lambda done, total: seen.append((done, total))
+        )
+
+    assert extracted.pages == 2
+    assert "seventeen ships" in next(work.read_pages("file-1")).text
+    assert seen and seen[-1] == (2, 2) and all(total == 2 for _, total in seen)
+
+
+@needs_tesseract
+def test_only_pages_without_text_are_read_by_ocr(tmp_path: Path) -> None:
+    typed = make_pdf(tmp_path / "typed.pdf", ["A typed page with a real text layer and enough words."])
+    scanned = _scan(_short_pages(tmp_path / "short.pdf", SCANNED_TEXT[:1]), tmp_path / "scan.pdf")
+    mixed = tmp_path / "mixed.pdf"
+    writer = PdfWriter()
+    writer.append(str(typed))
+    writer.append(str(scanned))
+    writer.write(mixed)
+    calls: list[tuple[int, int]] = []
+
+    pages = list(extract_pages(mixed, on_ocr_page=lambda done, total: calls.append((done, total))))
+
+    assert "typed page with a real text layer" in pages[0].text
+    assert "lighthouse keeper" in pages[1].text
+    assert calls == [(1, 1)]
+
+
+@needs_tesseract
+def test_a_photograph_without_text_still_fails_with_a_reason(tmp_path: Path) -> None:
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = random.Random(3)
+    photo = Image.new("RGB", (600, 400), (120, 160, 200))
+    draw = ImageDraw.Draw(photo)
+    for _ in range(60):
+        x, y = rng.randrange(600), rng.randrange(400)
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        draw.ellipse((x, y, x + rng.randrange(20, 120), y + rng.randrange(20, 90)), fill=colour)
+    photo = photo.filter(ImageFilter.GaussianBlur(2))
+    path = tmp_path / "holiday.pdf"
+    photo.save(path, format="PDF", resolution=100)
+
+    with pytest.raises(ExtractionError) as caught:
+        list(extract_pages(path))
+
+    assert caught.value.kind == "no_text"
+    assert "OCR found no text" in str(caught.value)
+
+
+def test_without_ocr_a_scan_fails_saying_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ocr, "find_engine", lambda: None)
+    monkeypatch.setattr(pdf_format, "find_engine", lambda: None)
+    scan = _scan(_short_pages(tmp_path / "typed.pdf", SCANNED_TEXT[:1]), tmp_path / "scan.pdf", dpi=72)
+
+    with pytest.raises(ExtractionError) as caught:
+        list(extract_pages(scan))
+
+    assert caught.value.kind == "no_text"
+    assert str(caught.value).startswith("OCR unavailable: install tesseract-ocr")
