@@ -156,6 +156,38 @@ class ChatResponse(BaseModel):
     sources: list[ChatSource]
 
 
+# -- search (what the chat retrieves, shown as it is ranked) ------------------------------------
+
+SEARCH_MAX_TOP_K = 50
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(str_strip_whitespace=True)
+
+    query: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="What to look for, 1 to 2000 characters",
+        json_schema_extra={"pattern": r"\S"},
+    )
+    top_k: int = Field(default=5, ge=1, le=SEARCH_MAX_TOP_K, description="How many passages, 1 to 50")
+
+
+class SearchResult(BaseModel):
+    filename: str
+    page: int | None = Field(description="The page the passage starts on (None: the file has no pages)")
+    text: str = Field(description="The passage")
+    score: float = Field(
+        description="Relevance 0..1, higher is better: vector and keyword rankings fused by "
+        "reciprocal rank, 1 = first in both"
+    )
+
+
+class SearchResponse(BaseModel):
+    success: Literal[True] = True
+    results: list[SearchResult] = Field(description="Best first; the passages the chat would read")
+
+
 # -- stats -----------------------------------------------------------------------------------
 
 

@@ -210,6 +210,11 @@ def test_keyword_query_finds_exact_terms_best_first_with_metadata(store: VectorS
     assert store.keyword_query("e1", "zeppelin") == []
     assert store.keyword_query("e1", "   ") == []
     assert len(store.keyword_query("e1", "pump coolant XR", top_k=1)) == 1
+    # all_words: only records holding every word of the query.
+    assert [m.id for m in store.keyword_query("e1", "XR-7731", all_words=True)] == [vector_id("e1", "f", 1)]
+    both = store.keyword_query("e1", "coolant pump", all_words=True, top_k=5)
+    assert {m.id for m in both} == {vector_id("e1", "f", 0), vector_id("e1", "f", 1)}
+    assert store.keyword_query("e1", "coolant zeppelin", all_words=True) == []
 
 
 def test_keyword_query_takes_user_text_literally(store: VectorStore) -> None:
@@ -251,3 +256,14 @@ def test_keyword_query_over_many_records(store: VectorStore) -> None:
     found = store.keyword_query("e1", "P-613", top_k=5)
     assert found[0].id == vector_id("e1", "f", 613)
     assert len(store.keyword_query("e1", "maintenance", top_k=50)) == 50
+
+
+def test_a_chunk_spanning_pages_keeps_its_last_page(store: VectorStore) -> None:
+    spanning = VectorRecord(
+        id="v1", values=unit(1), metadata={"filename": "a.pdf", "page": 3, "page_end": 4, "text": "across pages"}
+    )
+    store.upsert("e1", [spanning, record("e1", "f", 0, unit(0, 1))])
+    (match,) = store.keyword_query("e1", "across")
+    assert match.metadata == {"filename": "a.pdf", "page": 3, "page_end": 4, "text": "across pages"}
+    assert type(match.metadata["page_end"]) is int
+    assert "page_end" not in store.query("e1", unit(0, 1), top_k=1)[0].metadata

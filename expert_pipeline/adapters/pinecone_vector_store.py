@@ -101,7 +101,7 @@ KEYWORD_INDEX_CACHE_SIZE = 16
 # Pinecone's namespace rules (the SDK checks them only for its own `delete_namespace`).
 _MAX_NAMESPACE_LENGTH = 512
 # Pinecone stores every metadata number as a 64-bit float; these come back as ints.
-_INTEGER_FIELDS = frozenset({"page", "chunk_index"})
+_INTEGER_FIELDS = frozenset({"page", "chunk_index", "page_end"})
 
 # Guards creating and closing the shared SDK client; module-level rather than a private attribute
 # because a lock cannot be copied, and resource instances may be (Dagster copies them).
@@ -184,7 +184,9 @@ class PineconeVectorStore(BaseModel):
             for match in response.matches
         ]
 
-    def keyword_query(self, namespace: str, text: str, top_k: int = 5) -> list[VectorMatch]:
+    def keyword_query(
+        self, namespace: str, text: str, top_k: int = 5, all_words: bool = False
+    ) -> list[VectorMatch]:
         """The `top_k` records whose metadata `text` best matches `text` by BM25, best first."""
         _check_namespace(namespace)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -194,7 +196,7 @@ class PineconeVectorStore(BaseModel):
         entry = self._keyword_entry(namespace)
         return [
             VectorMatch(id=record_id, score=score, metadata=entry.metadata[record_id])
-            for record_id, score in entry.index.search(text, top_k)
+            for record_id, score in entry.index.search(text, top_k, all_words=all_words)
         ]
 
     def _keyword_entry(self, namespace: str) -> _KeywordEntry:

@@ -48,8 +48,10 @@ log = logging.getLogger("expert_pipeline.adapters.vector_store")
 
 # Metadata is stored as typed columns (not a JSON blob) so it can be filtered and read cheaply.
 _STRING_FIELDS = ("expert_id", "file_id", "filename", "text")
-_INT_FIELDS = ("page", "chunk_index")
-METADATA_FIELDS = ("expert_id", "file_id", "filename", "page", "chunk_index", "text")
+_INT_FIELDS = ("page", "chunk_index", "page_end")
+# page_end (the last page of a chunk spanning pages) came later: it is the last column, and
+# tables written before it get it added (null) on their next write.
+METADATA_FIELDS = ("expert_id", "file_id", "filename", "page", "chunk_index", "text", "page_end")
 
 _PLAIN_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 _MAX_ENCODED_NAMESPACE_BYTES = 100
@@ -105,6 +107,7 @@ def _schema(dimensions: int) -> pa.Schema:
             pa.field("page", pa.int64()),
             pa.field("chunk_index", pa.int64()),
             pa.field("text", pa.string()),
+            pa.field("page_end", pa.int64()),
         ]
     )
 
@@ -114,6 +117,12 @@ def _table_dimensions(table: Table) -> int:
     if not isinstance(vector_type, pa.FixedSizeListType):
         raise TypeError(f"table {table.name!r} was not written by this store (vector is {vector_type})")
     return vector_type.list_size
+
+
+def _stored_fields(table: Table) -> list[str]:
+    """The metadata columns `table` has (one written before page_end existed lacks it)."""
+    names = set(table.schema.names)
+    return [name for name in METADATA_FIELDS if name in names]
 
 
 def _text_index_config() -> Any:
@@ -239,6 +248,12 @@ class LanceDBVectorStore(BaseModel):
             table = self.connection.create_table(
                 table_name(namespace), schema=_schema(dimensions), exist_ok=True
             )
+        if "page_end" not in table.schema.names:
+            try:
+                table.add_columns(pa.field("page_end", pa.int64()))
+            except Exception:  # another writer may have added it first
+                if "page_end" not in table.schema.names:
+                    raise
         stored = _table_dimensions(table)
         if stored != dimensions:
             raise ValueError(f"namespace {namespace!r} holds {stored}-dimensional vectors, not {dimensions}")
@@ -283,7 +298,7 @@ class LanceDBVectorStore(BaseModel):
         assert isinstance(search, LanceVectorQueryBuilder)  # a vector in, a vector query out
         rows = (
             search.distance_type("cosine")
-            .select(["id", *METADATA_FIELDS, "_distance"])
+            .select(["id", *_stored_fields(table), "_distance"])
             .limit(top_k)
             .to_list()
         )
@@ -297,7 +312,9 @@ class LanceDBVectorStore(BaseModel):
             for row in rows
         ]
 
-    def keyword_query(self, namespace: str, text: str, top_k: int = 5) -> list[VectorMatch]:
+    def keyword_query(
+        self, namespace: str, text: str, top_k: int = 5, all_words: bool = False
+    ) -> list[VectorMatch]:
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, not {top_k}")
         if not text.strip():
@@ -305,14 +322,16 @@ class LanceDBVectorStore(BaseModel):
         table = self._open(namespace)
         if table is None:
             return []
-        from lancedb.query import MatchQuery
+        from lancedb.query import FullTextOperator, MatchQuery
+
+        operator = FullTextOperator.AND if all_words else FullTextOperator.OR
 
         # A MatchQuery, not a query string: the user's words are never parsed as query syntax
         # (quotes, AND/OR, parentheses). Rows not yet in the index are searched too (flat).
         rows = (
             # (mypy reads its pydantic fields with defaults as required)
-            table.search(MatchQuery(text, "text"), query_type="fts")  # type: ignore[call-arg]
-            .select(["id", *METADATA_FIELDS, "_score"])
+            table.search(MatchQuery(text, "text", operator=operator), query_type="fts")  # type: ignore[call-arg]
+            .select(["id", *_stored_fields(table), "_score"])
             .limit(top_k)
             .to_list()
         )

@@ -113,11 +113,14 @@ class VectorStore(Protocol):
         """The `top_k` nearest records by cosine similarity, best first."""
         ...
 
-    def keyword_query(self, namespace: str, text: str, top_k: int = 5) -> list[VectorMatch]:
+    def keyword_query(
+        self, namespace: str, text: str, top_k: int = 5, all_words: bool = False
+    ) -> list[VectorMatch]:
         """The `top_k` records whose stored `text` best matches the words of `text` (BM25
         full-text ranking, case- and accent-insensitive), best first; the score is the
         store's keyword relevance (higher is better, not comparable across stores). Records
-        sharing no word with `text` are left out, so the list may be empty."""
+        sharing no word with `text` (with `all_words`: lacking any of them) are left out, so
+        the list may be empty."""
         ...
 
     def delete_namespace(self, namespace: str) -> None: ...

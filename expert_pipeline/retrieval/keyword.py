@@ -73,14 +73,18 @@ class KeywordIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def search(self, text: str, top_k: int) -> list[tuple[str, float]]:
-        """(id, BM25 score) of the `top_k` best documents sharing a term with `text`, best first."""
+    def search(self, text: str, top_k: int, all_words: bool = False) -> list[tuple[str, float]]:
+        """(id, BM25 score) of the `top_k` best documents sharing a term with `text` (with
+        `all_words`: holding every term of it), best first."""
         n = len(self.ids)
-        if n == 0 or top_k < 1:
+        query = set(tokens(text))
+        if n == 0 or top_k < 1 or not query:
             return []
         average = sum(self._lengths) / n or 1.0
         scores: dict[int, float] = {}
-        for term in set(tokens(text)):
+        if all_words and not all(term in self._postings for term in query):
+            return []
+        for term in query:
             postings = self._postings.get(term)
             if not postings:
                 continue
@@ -89,10 +93,14 @@ class KeywordIndex:
                 tf = self._terms[position][term]
                 norm = K1 * (1 - B + B * self._lengths[position] / average)
                 scores[position] = scores.get(position, 0.0) + idf * tf * (K1 + 1) / (tf + norm)
+        if all_words:
+            scores = {p: s for p, s in scores.items() if query <= self._terms[p].keys()}
         ranked = sorted(scores.items(), key=lambda item: (-item[1], self.ids[item[0]]))
         return [(self.ids[position], score) for position, score in ranked[:top_k]]
 
 
-def search_texts(documents: Sequence[tuple[str, str]], text: str, top_k: int) -> list[tuple[str, float]]:
+def search_texts(
+    documents: Sequence[tuple[str, str]], text: str, top_k: int, all_words: bool = False
+) -> list[tuple[str, float]]:
     """One-off BM25 search over `documents` (id, text)."""
-    return KeywordIndex.build(documents).search(text, top_k)
+    return KeywordIndex.build(documents).search(text, top_k, all_words=all_words)

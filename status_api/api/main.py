@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from status_api.api.answers import json_error
-from status_api.api.routes import chat, experts, health, meta, progress, stream, stream_tickets
+from status_api.api.routes import chat, experts, health, meta, progress, search, stream, stream_tickets
 
 GATE_ANSWERS: dict[int | str, dict[str, Any]] = {
     401: json_error("No valid API token (once tokens exist)"),
@@ -25,6 +25,6 @@ GATE_ANSWERS: dict[int | str, dict[str, Any]] = {
 
 api_router = APIRouter()
 api_router.include_router(health.router)  # public, like /api/meta/labels: not behind the gate
-for module in (progress, experts, stream, stream_tickets, chat):
+for module in (progress, experts, stream, stream_tickets, chat, search):
     api_router.include_router(module.router, responses=GATE_ANSWERS)
 api_router.include_router(meta.router)

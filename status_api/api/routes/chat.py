@@ -1,8 +1,9 @@
 """Chatting with an expert once its documents are ingested.
 
-`POST /api/experts/{expert_id}/chat` with `{"message": "..."}`: the question is embedded with
-the same model the pipeline used, the expert's namespace is searched (top 4 passages), and the
-app's chat provider builds the answer with `[n]` citations into `sources`. The embedded provider
+`POST /api/experts/{expert_id}/chat` with `{"message": "..."}`: the expert's passages are found
+by the shared hybrid retrieval (`expert_pipeline.retrieval.search`: vectors from the model the
+pipeline used plus keywords, fused by rank; top 4 passages, the same search the search API
+answers with), and the app's chat provider builds the answer with `[n]` citations into `sources`. The embedded provider
 is extractive (`expert_pipeline.chat.extractive`); set `app.state.chat_provider` to another
 callable with the same signature to use a language model instead.
 
@@ -15,11 +16,15 @@ from __future__ import annotations
 import math
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from sqlalchemy.orm import Session
 
+from expert_pipeline import retrieval
 from expert_pipeline.chat import extractive
 from expert_pipeline.core import experts_service
+from expert_pipeline.core.auth import Principal
 from expert_pipeline.core.models import ExpertProcessingProgress, Status
 from expert_pipeline.core.progress_public import progress_in_words
+from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from status_api.api.answers import EXPERT_NOT_FOUND, TOO_LARGE
 from status_api.api.deps import (
     CurrentPrincipal,
@@ -52,6 +57,25 @@ def not_ready_message(name: str, record: ExpertProcessingProgress | None) -> str
     return message
 
 
+def require_ready(
+    db: Session, service: ExpertProcessingProgressService, expert_id: str, principal: Principal
+) -> None:
+    """404 for an expert the caller may not see, 409 until it is ready to chat; then the
+    session's connection is given back before the slower retrieval work."""
+    expert = require_expert(db, expert_id, principal)
+    record = service.get_progress(expert_id)
+    if not experts_service.ready_to_chat(record, experts_service.files_of(db, [expert_id])[expert_id]):
+        raise HTTPException(status_code=409, detail=not_ready_message(expert.name, record))
+    db.close()
+
+
+def find_passages(request: Request, expert_id: str, query: str, top_k: int) -> list[retrieval.Passage]:
+    """The app's retrieval over the expert's namespace (built once per app from settings)."""
+    embedder = _part(request, "embedder")
+    store = _part(request, "vector_store")
+    return retrieval.search(embedder, store, expert_id, query, top_k=top_k)  # type: ignore[arg-type]
+
+
 @router.post(
     "/{expert_id}/chat",
     response_model=ChatResponse,
@@ -72,16 +96,8 @@ def chat(
     principal: CurrentPrincipal,
 ) -> ChatResponse:
     """Ask the expert a question; the answer quotes its documents with numbered sources."""
-    expert = require_expert(db, expert_id, principal)
-    record = service.get_progress(expert_id)
-    if not experts_service.ready_to_chat(record, experts_service.files_of(db, [expert_id])[expert_id]):
-        raise HTTPException(status_code=409, detail=not_ready_message(expert.name, record))
-    db.close()  # give the connection back before the slower work below
-
-    embedder = _part(request, "embedder")
-    store = _part(request, "vector_store")
-    vector = embedder.embed([body.message])[0]  # type: ignore[attr-defined]
-    matches = store.query(namespace=expert_id, vector=vector, top_k=TOP_K)  # type: ignore[attr-defined]
+    require_ready(db, service, expert_id, principal)
+    matches = find_passages(request, expert_id, body.message, TOP_K)
     provider = getattr(request.app.state, "chat_provider", None) or extractive.answer
     text, sources = provider(body.message, matches)
     return ChatResponse(answer=text, sources=[ChatSource(**s.as_dict()) for s in sources])
