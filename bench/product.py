@@ -1,0 +1,88 @@
+"""The product as `make up` runs it (`expert-pipeline up`: status API, embedding server, Dagster
+daemon and UI), in a temporary home, for the benchmarks that time or weigh it from outside."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningProduct:
+    url: str
+    home: Path
+    launcher: subprocess.Popen[bytes]
+
+    def processes(self) -> list[psutil.Process]:
+        """The launcher and everything it started (servers, code servers, run workers)."""
+        root = psutil.Process(self.launcher.pid)
+        return [root, *root.children(recursive=True)]
+
+    def rss_mb(self) -> float:
+        total = 0
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total / 2**20
+
+
+def wait_ready(url: str, timeout: float = 180) -> None:
+    """Until /healthz says the pipeline can take work (daemon up, code location loaded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            answer = httpx.get(f"{url}/healthz", timeout=2)
+            pipeline = answer.json().get("pipeline") or {}
+            if answer.status_code == 200 and pipeline.get("status") == "ok":
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"the product at {url} did not become ready in {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def running_product(**settings: str) -> Iterator[RunningProduct]:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        port = free_port()
+        env = {
+            **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DAGSTER_PG_URL", "DAGSTER_HOME")},
+            "EXPERT_PIPELINE_HOME": str(home),
+            "STATUS_API_PORT": str(port),
+            "DAGSTER_WEBSERVER_PORT": str(free_port()),
+            **settings,
+        }
+        launcher = subprocess.Popen(
+            [str(Path(sys.executable).parent / "expert-pipeline"), "up"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url)
+            yield RunningProduct(url=url, home=home, launcher=launcher)
+        finally:
+            os.killpg(launcher.pid, signal.SIGTERM)
+            launcher.wait(timeout=60)
