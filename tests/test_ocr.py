@@ -129,3 +129,18 @@ def test_without_ocr_a_scan_fails_saying_what_to_install(
 
     assert caught.value.kind == "no_text"
     assert str(caught.value).startswith("OCR unavailable: install tesseract-ocr")
+
+
+@needs_tesseract
+def test_a_scanned_two_column_page_reads_column_by_column(tmp_path: Path) -> None:
+    from tests.test_text_cleaning import LEFT, RIGHT, _canvas_pdf
+
+    strings = []
+    for i, (left, right) in enumerate(zip(LEFT, RIGHT, strict=True)):
+        strings += [(40, 780 - 14 * i, left), (310, 780 - 14 * i, right)]
+    scan = _scan(_canvas_pdf(tmp_path / "columns.pdf", [strings]), tmp_path / "scan.pdf")
+
+    text = " ".join(" ".join(page.text for page in extract_pages(scan)).split())
+
+    assert text.index("left column finishes") < text.index("Beta column is a second story")
+    assert "Alpha column opens with the first line here and the left column" in text
