@@ -228,6 +228,7 @@ function ensureCard(id) {
     if (files.length) addFilesTo(id, files);
   });
   setUpDropZone(zone, (files) => addFilesTo(id, files));
+  setUpRetrieval(id, card);
   state.cards.set(id, card);
   return card;
 }
@@ -412,6 +413,9 @@ function renderCard(id, { live = false } = {}) {
   hint.textContent = why;
   if (why && !ready) button.title = why;
   else button.removeAttribute("title");
+  $(".retrieval", card).hidden = !ready;
+  $(".search-query", card).setAttribute("aria-describedby", $(".search-status", card).id);
+  $(".search-results", card).setAttribute("aria-label", `Passages found in ${expert.name}'s documents`);
 }
 
 function fileOutcome(file, status) {
@@ -989,6 +993,77 @@ function setUpDialogs() {
     details.dataset.expertId = "";
     if (details._opener && document.contains(details._opener)) details._opener.focus();
   });
+}
+
+// -- test retrieval ----------------------------------------------------------------------------
+// What the chat would read for a question: the search API's ranked passages, on a ready card.
+
+function setUpRetrieval(id, card) {
+  const input = $(".search-query", card);
+  input.id = `search-query-${id}`;
+  $(".search-label", card).htmlFor = input.id;
+  $(".search-status", card).id = `search-status-${id}`;
+  $(".search-form", card).addEventListener("submit", (event) => {
+    event.preventDefault();
+    searchPassages(id, card);
+  });
+}
+
+function passageSnippet(text, query, limit = 300) {
+  // The part of the passage around the first word of the query it holds (else its start).
+  const lower = text.toLowerCase();
+  const hits = query.toLowerCase().split(/\s+/).filter((w) => w.length > 1).map((w) => lower.indexOf(w));
+  const at = Math.min(...hits.filter((i) => i >= 0), text.length);
+  const start = at < text.length && at > 80 ? at - 80 : 0;
+  const end = Math.min(text.length, start + limit);
+  return `${start > 0 ? "…" : ""}${text.slice(start, end).trim()}${end < text.length ? "…" : ""}`;
+}
+
+async function searchPassages(id, card) {
+  const input = $(".search-query", card);
+  const status = $(".search-status", card);
+  const list = $(".search-results", card);
+  const query = input.value.trim();
+  if (!query) {
+    status.textContent = "Type what to look for first.";
+    input.focus();
+    return;
+  }
+  const button = $(".search-button", card);
+  button.disabled = true;
+  status.textContent = "Searching…";
+  try {
+    const body = await api(`${API}/${encodeURIComponent(id)}/search`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ query, top_k: 5 }),
+    });
+    list.replaceChildren(
+      ...body.results.map((result) => {
+        const where = result.page != null ? `${result.filename}, page ${result.page}` : result.filename;
+        const text = squash(result.text);
+        return el(
+          "li",
+          { class: "search-result" },
+          el(
+            "p",
+            { class: "search-where" },
+            el("span", { class: "source-where", text: where }),
+            el("span", { class: "search-score", text: `score ${result.score.toFixed(2)}` }),
+          ),
+          el("p", { class: "source-snippet", text: passageSnippet(text, query) }),
+        );
+      }),
+    );
+    const n = body.results.length;
+    status.textContent = n ? `${plural(n, "passage", "passages")}, best first` : "No passage matches.";
+  } catch (err) {
+    list.replaceChildren();
+    status.textContent = err.message;
+    if (err.status === 409) scheduleReload(0);
+  } finally {
+    button.disabled = false;
+  }
 }
 
 // -- chat ------------------------------------------------------------------------------------
