@@ -49,7 +49,7 @@ def test_test_retrieval_lists_ranked_passages_on_a_ready_card(
             context = chromium.new_context(viewport={"width": width, "height": 900})
             page = context.new_page()
             errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
             try:
                 page.goto(server.url + "/dashboard/")
                 card = page.locator(f'[data-expert-id="{ready_id}"]')
