@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 
 class Passage(Protocol):
-    """What retrieval hands over: a vector store's match (see `VectorMatch`)."""
+    """What retrieval hands over: `expert_pipeline.retrieval.Passage` (hybrid search, score 0..1,
+    best first), or a vector store's `VectorMatch` (cosine score)."""
 
     @property
     def score(self) -> float: ...
