@@ -9,6 +9,7 @@ from typing import Any
 
 import dagster as dg
 
+from expert_pipeline.ingest.shared_hand_over import begin_step, runs_on_workers, worker_name
 from expert_pipeline.ingest.work_area import ExpertWorkArea
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.progress_reporter import ExpertProgress, ProgressReporter
@@ -46,9 +47,17 @@ def stage_run(
         run = instance.get_run_by_id(run_id)
         return run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
 
-    return StageRun(
+    on_workers = runs_on_workers(context)
+    run = StageRun(
         expert_id=expert_id,
         # One work area per run: a run superseded by a retry may still be writing its own.
         work=ExpertWorkArea(Path(settings.work_dir) / expert_id, run_id),
-        progress=reporter.for_expert(expert_id, run_id=run_id, stop_requested=stop_requested),
+        progress=reporter.for_expert(
+            expert_id,
+            run_id=run_id,
+            stop_requested=stop_requested,
+            worker=worker_name() if on_workers else None,
+        ),
     )
+    begin_step(context, run.work, run.progress)  # on Celery workers: fetch what earlier steps stored
+    return run

@@ -26,6 +26,8 @@ from expert_pipeline.resources.progress_reporter import IngestFailed, ProgressRe
     kinds={"python", "pytorch"},
     deps=[expert_chunks],
     pool="embedding_provider",
+    # With EXECUTOR=celery: the embed queue, whose workers' concurrency respects the provider.
+    op_tags={"dagster-celery/queue": "embed"},
     description="An embedding vector per chunk, computed in batches (local all-MiniLM-L6-v2 by "
     "default, OpenAI in production) and streamed to the work area.",
 )

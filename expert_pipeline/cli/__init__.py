@@ -37,6 +37,18 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return ingest_files(name=args.name, paths=args.files, agent_id=args.agent_id, verbose=args.verbose)
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from expert_pipeline.cli.worker import run_worker
+
+    return run_worker(
+        queues=args.queues,
+        concurrency=args.concurrency,
+        name=args.name,
+        loglevel=args.loglevel,
+        max_memory_mb=args.max_memory_mb,
+    )
+
+
 def _tokens_session() -> Session:
     from sqlalchemy.orm import Session
 
@@ -145,6 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("files", nargs="+")
     ingest.set_defaults(func=_cmd_ingest)
+    worker = sub.add_parser("worker", help="run ingest steps on this host (EXECUTOR=celery)")
+    worker.add_argument(
+        "--queues", default="ingest,embed", help="comma-separated queues to take steps from (ingest, embed)"
+    )
+    worker.add_argument(
+        "--concurrency", type=int, default=1, help="steps at once; each is a process, so this bounds memory"
+    )
+    worker.add_argument("--name", default="worker", help="the worker's name (shown as NAME@host)")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument(
+        "--max-memory-mb", type=int, default=None, help="replace a step process that grew past this"
+    )
+    worker.set_defaults(func=_cmd_worker)
     tokens = sub.add_parser("tokens", help="manage status API tokens")
     tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
     create = tokens_sub.add_parser("create", help="create a token (printed once)")

@@ -47,8 +47,11 @@ class ExpertProgress:
         heartbeat_interval: float = 10.0,
         run_id: str | None = None,
         stop_requested: Callable[[], bool] | None = None,
+        worker: str | None = None,
     ) -> None:
         self.engine = engine
+        # The host running this step (steps on Celery workers): each stage's event names it.
+        self.worker = worker
         self.expert_id = expert_id
         # Every write carries the run's id: the service drops writes from a run that no longer
         # owns the row (re-queued, or taken over), which then stops (RunSuperseded).
@@ -122,6 +125,7 @@ class ExpertProgress:
             "stage": stage.value,
             "progress_percentage": percentage,
             "event_message": message,
+            **({"event_data": {"worker": self.worker}} if self.worker else {}),
         }
         self._write("stage", lambda s: s.update_progress(self.expert_id, run_id=self.run_id, **values))
         self._last_write = time.monotonic()
@@ -227,7 +231,11 @@ class ProgressReporter(dg.ConfigurableResource):
     _engine: Engine | None = PrivateAttr(default=None)
 
     def for_expert(
-        self, expert_id: str, run_id: str | None = None, stop_requested: Callable[[], bool] | None = None
+        self,
+        expert_id: str,
+        run_id: str | None = None,
+        stop_requested: Callable[[], bool] | None = None,
+        worker: str | None = None,
     ) -> ExpertProgress:
         if self._engine is None:
             self._engine = engine_for(self.database_url)
@@ -238,4 +246,5 @@ class ProgressReporter(dg.ConfigurableResource):
             self.heartbeat_interval_seconds,
             run_id=run_id,
             stop_requested=stop_requested,
+            worker=worker,
         )
