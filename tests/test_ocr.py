@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from pypdf import PdfReader, PdfWriter
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
+from expert_pipeline.core.db import engine_for
+from expert_pipeline.core.models import ExpertFile
+from expert_pipeline.core.progress_service import ExpertProcessingProgressService
+from expert_pipeline.core.settings import Settings
 from expert_pipeline.ingest.work_area import ExpertWorkArea
 from expert_pipeline.text import ocr
 from expert_pipeline.text.extraction import ExtractionError, extract_pages
 from expert_pipeline.text.formats import pdf as pdf_format
 from expert_pipeline.text.isolated_extraction import ExtractionLimits, IsolatedExtractor
 from tests.fixture_documents import make_pdf
+from tests.pipeline_helpers import create_expert, run_ingest
 
 needs_tesseract = pytest.mark.skipif(
     ocr.find_engine() is None, reason=f"Tesseract is not installed ({ocr.INSTALL_HINT})"
@@ -144,3 +153,42 @@ def test_a_scanned_two_column_page_reads_column_by_column(tmp_path: Path) -> Non
 
     assert text.index("left column finishes") < text.index("Beta column is a second story")
     assert "Alpha column opens with the first line here and the left column" in text
+
+
+@pytest.mark.slow
+@needs_tesseract
+def test_a_scanned_pdf_becomes_an_indexed_file_with_ocr_progress(
+    settings: Settings, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    texts = [*SCANNED_TEXT, "The archive keeps three hundred letters written by the first mayor."]
+    scan = _scan(_short_pages(tmp_path / "typed.pdf", texts), tmp_path / "letters.pdf")
+    fast = settings.model_copy(update={"progress_min_write_interval_seconds": 0.0})
+    expert_id = create_expert(fast, [scan])
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def sample() -> None:
+        engine = engine_for(fast.resolved_database_url)
+        while not stop.is_set():
+            try:
+                with Session(engine) as session:
+                    record = ExpertProcessingProgressService(session).get_progress(expert_id)
+            except OperationalError:  # SQLite busy with the run's own write: read again
+                record = None
+            if record is not None and (record.details or {}).get("ocr"):
+                seen.add(record.details["ocr"])
+            stop.wait(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = run_ingest(fast, expert_id, instance)
+    finally:
+        stop.set()
+        sampler.join(timeout=10)
+
+    assert result.success
+    with Session(engine_for(fast.resolved_database_url)) as session:
+        (stored,) = session.query(ExpertFile).filter_by(expert_id=expert_id).all()
+    assert (stored.status, stored.pages) == ("indexed", 3) and (stored.chunks or 0) > 0
+    assert seen and seen <= {f"OCR page {n} of 3" for n in (1, 2, 3)}
