@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from expert_pipeline.adapters.factory import build_chat_provider, check_parts, log_parts
 from expert_pipeline.core.auth import any_tokens
@@ -26,6 +28,7 @@ from status_api.api.upload_limits import RequestSizeLimit
 from status_api.dashboard import install_dashboard
 from status_api.docs import install_docs
 from status_api.live import ProgressBroadcaster
+from status_api.run_trigger import RunTrigger
 
 log = logging.getLogger("status_api")
 
@@ -46,6 +49,19 @@ def log_auth_mode(engine: Engine, logger: logging.Logger) -> bool:
     return tokens
 
 
+class StatusAPI(FastAPI):
+    """FastAPI with a pure ASGI layer in front of all of it, its own layers included (the hot
+    reads, built by `create_app`): what it answers costs no routing, validation or telemetry."""
+
+    hot_reads: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hot_reads is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+        else:
+            await self.hot_reads(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     install_log_redaction()  # no token or stream ticket in a URL reaches the access log
@@ -59,8 +75,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log_auth_mode(app.state.engine, log)
         yield
         await app.state.progress_broadcaster.aclose()
+        if app.state.run_trigger is not None:
+            app.state.run_trigger.close()
 
-    app = FastAPI(
+    app = StatusAPI(
         title="Expert Pipeline status API",
         description="Progress of expert ingestion: the documented progress endpoints.",
         version="0.1.0",
@@ -74,14 +92,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Live progress (SSE) and the polled GETs' answers in memory, from one read per tick.
     app.state.progress_broadcaster = ProgressBroadcaster(app.state.engine, settings)
     app.state.token_cache = TokenCache(app.state.engine)
-    # Inside out: the polled GETs are answered from memory once the caller is known; the gate
-    # authenticates (from memory, or the database) before any body is read; the size limit
-    # (outside it) refuses a declared oversized body at once; admission counts the gate's lookup.
-    app.add_middleware(HotReads, broadcaster=app.state.progress_broadcaster)
+    # In front of everything, the polled GETs of a caller known from memory are answered from
+    # memory. Then, inside out: the gate authenticates (from memory, or the database) before any
+    # body is read; the size limit (outside it) refuses a declared oversized body at once;
+    # admission counts the gate's lookup.
+    app.hot_reads = HotReads(
+        partial(FastAPI.__call__, app), app.state.progress_broadcaster, app.state.token_cache
+    )
     app.add_middleware(AuthGate, engine=app.state.engine, tokens=app.state.token_cache)
     app.add_middleware(RequestSizeLimit, max_upload_bytes=settings.max_upload_total_bytes)
     app.add_middleware(AdmissionLimit)
     app.add_middleware(SecurityHeaders)  # outermost: early 413/503 answers get the headers too
+    # Runs submitted the moment an upload commits (with `make up`); the sensor is the safety net.
+    app.state.run_trigger = (
+        RunTrigger(settings.dagster_graphql_url, app.state.engine) if settings.dagster_graphql_url else None
+    )
     # Chat, for the API and the dashboard that uses it.
     app.state.chat_provider = build_chat_provider(settings)
     app.include_router(api_router)

@@ -77,9 +77,14 @@ class Product:
     def __init__(self, home: Path, env: dict[str, str], log: Path) -> None:
         self.home = home
         self.api_port = free_port()
+        self.webserver_port = free_port()
         self.env = {
-            **os.environ, **env, "EXPERT_PIPELINE_HOME": str(home), "STATUS_API_PORT": str(self.api_port),
-            "DAGSTER_WEBSERVER_PORT": str(free_port()), "PYTHONUNBUFFERED": "1",
+            **os.environ,
+            **env,
+            "EXPERT_PIPELINE_HOME": str(home),
+            "STATUS_API_PORT": str(self.api_port),
+            "DAGSTER_WEBSERVER_PORT": str(self.webserver_port),
+            "PYTHONUNBUFFERED": "1",
         }
         self.env.pop("DAGSTER_HOME", None)
         self.log_path = log
@@ -89,8 +94,12 @@ class Product:
     def start(self) -> Product:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(BIN / "expert-pipeline"), "up"], cwd=REPO_ROOT, env=self.env,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [str(BIN / "expert-pipeline"), "up"],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_for("the status API to answer", self._answers, timeout=120, interval=0.3)
         return self
@@ -122,7 +131,9 @@ class Product:
     def upload(self, pdf: Path) -> str:
         with pdf.open("rb") as handle:
             response = self.api.post(
-                "/api/experts", data={"name": "Smoke"}, files=[("files", (pdf.name, handle, "application/pdf"))]
+                "/api/experts",
+                data={"name": "Smoke"},
+                files=[("files", (pdf.name, handle, "application/pdf"))],
             )
         assert response.status_code == 201, response.text
         return str(response.json()["expert"]["id"])
@@ -133,18 +144,62 @@ class Product:
         return response.json()["progress"]  # type: ignore[no-any-return]
 
     def events(self, expert_id: str) -> list[str]:
-        return [e["message"] for e in self.api.get(f"/api/experts/{expert_id}/progress/events").json()["events"]]
+        return [
+            e["message"] for e in self.api.get(f"/api/experts/{expert_id}/progress/events").json()["events"]
+        ]
 
     def wait_final(self, expert_id: str, timeout: float = 300) -> dict[str, object]:
         wait_for(
             "the expert to finish",
             lambda: self.progress(expert_id)["status"] in ("completed", "failed", "cancelled"),
-            timeout=timeout, interval=0.5,
+            timeout=timeout,
+            interval=0.5,
         )
         return self.progress(expert_id)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
+
+    def wait_pipeline_ready(self) -> None:
+        """Until the daemon takes work and the Dagster UI (through which the API submits runs) answers."""
+
+        def ready() -> bool:
+            try:
+                health = self.api.get("/healthz").json()
+                web = httpx.get(f"http://127.0.0.1:{self.webserver_port}/server_info", timeout=5)
+            except httpx.TransportError:
+                return False
+            return bool(health.get("pipeline", {}).get("status") == "ok" and web.status_code == 200)
+
+        wait_for("the daemon and the Dagster UI to be up", ready, timeout=180, interval=0.5)
+
+    def runs_of(self, expert_id: str) -> list[dict[str, str]]:
+        """The expert's Dagster runs (their tags), from the Dagster UI's GraphQL API."""
+        query = (
+            "query($t:[ExecutionTag!]){runsOrError(filter:{tags:$t}){... on Runs{results{tags{key value}}}}}"
+        )
+        answer = httpx.post(
+            f"http://127.0.0.1:{self.webserver_port}/graphql",
+            json={"query": query, "variables": {"t": [{"key": "expert_id", "value": expert_id}]}},
+            timeout=30,
+        ).json()
+        return [
+            {t["key"]: t["value"] for t in run["tags"]} for run in answer["data"]["runsOrError"]["results"]
+        ]
+
+    def libraries_of(self, cmdline_part: str) -> list[set[str]]:
+        """The shared libraries each of this home's processes whose command line has
+        `cmdline_part` has loaded (by file name)."""
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if proc.environ().get("EXPERT_PIPELINE_HOME") == str(self.home) and cmdline_part in " ".join(
+                    proc.info["cmdline"] or []
+                ):
+                    found.append({Path(m.path).name for m in proc.memory_maps()})
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return found
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -179,12 +234,25 @@ def test_stopping_mid_ingest_stops_everything_and_resumes_on_the_next_start(
     product = Product(home, env, tmp_path / "up.log")
     product_factory.append(product)
     product.start()
+    product.wait_pipeline_ready()
     expert_id = product.upload(_pdf(tmp_path / "manual.pdf", pages=40))
     wait_for(
         "embedding to be under way",
-        lambda: product.progress(expert_id)["stage"] == "embedding" and product.progress(expert_id)["current_chunk"] > 0,  # type: ignore[operator]
-        timeout=180, interval=0.2,
+        lambda: (
+            product.progress(expert_id)["stage"] == "embedding"
+            and product.progress(expert_id)["current_chunk"] > 0
+        ),  # type: ignore[operator]
+        timeout=180,
+        interval=0.2,
     )
+    # One model per machine: the run worker (a spawned process) embeds through the embedding
+    # server, which alone has torch loaded; and the status API submitted the run at upload.
+    workers = product.libraries_of("multiprocessing.spawn")
+    assert workers and not any(any(lib.startswith("libtorch") for lib in libs) for libs in workers), workers
+    assert any(
+        any(lib.startswith("libtorch") for lib in libs) for libs in product.libraries_of("embedding_server")
+    )
+    assert [run.get("expert_pipeline/launched_by") for run in product.runs_of(expert_id)] == ["status API"]
     assert product.stop_group() == 0, product.log()
     assert product.leftovers() == [], product.log()
 
@@ -204,7 +272,9 @@ def test_stopping_mid_ingest_stops_everything_and_resumes_on_the_next_start(
 @pytest.fixture
 def bare_postgres_urls() -> Iterator[dict[str, str]]:
     """Two new databases, named the way the README's table shows: plain postgresql:// URLs."""
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    admin = create_engine(
+        POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+    )
     names = [f"ep_progress_{uuid.uuid4().hex[:8]}", f"ep_dagster_{uuid.uuid4().hex[:8]}"]
     try:
         with admin.connect() as conn:
@@ -214,9 +284,7 @@ def bare_postgres_urls() -> Iterator[dict[str, str]]:
         admin.dispose()
         skip_or_fail(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc.__class__.__name__}")
     base = make_url(POSTGRES_ADMIN_URL)
-    urls = [
-        f"postgresql://{base.username}@{base.host}:{base.port or 5432}/{name}" for name in names
-    ]
+    urls = [f"postgresql://{base.username}@{base.host}:{base.port or 5432}/{name}" for name in names]
     yield {"DATABASE_URL": urls[0], "DAGSTER_PG_URL": urls[1]}
     with admin.connect() as conn:
         for name in names:
@@ -226,14 +294,24 @@ def bare_postgres_urls() -> Iterator[dict[str, str]]:
 
 @pytest.mark.slow
 def test_the_readme_production_settings_verbatim_ingest(
-    tmp_path: Path, product_factory: list[Product], bare_postgres_urls: dict[str, str],
-    moto_endpoint: str, s3_bucket: str, openai_standin: OpenAIStandin,
+    tmp_path: Path,
+    product_factory: list[Product],
+    bare_postgres_urls: dict[str, str],
+    moto_endpoint: str,
+    s3_bucket: str,
+    openai_standin: OpenAIStandin,
 ) -> None:
     env = {
         **bare_postgres_urls,
-        "FILE_STORAGE": "s3", "S3_BUCKET": s3_bucket, "AWS_ENDPOINT_URL": moto_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-        "EMBEDDING_PROVIDER": "openai", "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": openai_standin.url,
+        "FILE_STORAGE": "s3",
+        "S3_BUCKET": s3_bucket,
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "EMBEDDING_PROVIDER": "openai",
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": openai_standin.url,
     }
     product = Product(tmp_path / "home", env, tmp_path / "up.log")
     product_factory.append(product)
@@ -258,8 +336,17 @@ def test_terminal_ingest_keeps_its_bar_whole(tmp_path: Path) -> None:
     env = {**os.environ, "EXPERT_PIPELINE_HOME": str(tmp_path / "home")}
     env.pop("DATABASE_URL", None)
     done = subprocess.run(
-        [str(BIN / "expert-pipeline"), "ingest", "--name", "Notes", str(_pdf(tmp_path / "notes.pdf", pages=2))],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(BIN / "expert-pipeline"),
+            "ingest",
+            "--name",
+            "Notes",
+            str(_pdf(tmp_path / "notes.pdf", pages=2)),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()

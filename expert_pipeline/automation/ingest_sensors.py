@@ -14,12 +14,14 @@ from expert_pipeline.automation.run_records import (
 from expert_pipeline.core.models import ExpertProcessingProgress, Status
 from expert_pipeline.core.pipeline_health import BEAT_INTERVAL_SECONDS
 from expert_pipeline.core.progress_service import owned_by
+from expert_pipeline.core.run_requests import LAUNCHED_BY_TAG, PENDING_SENSOR_NAME
 from expert_pipeline.jobs import ingest_job
 from expert_pipeline.partitions import EXPERTS, experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 
 
 @dg.sensor(
+    name=PENDING_SENSOR_NAME,
     job=ingest_job,
     minimum_interval_seconds=1,
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -32,7 +34,11 @@ def pending_experts_sensor(context: dg.SensorEvaluationContext, catalog: ExpertC
     new_keys = sorted({r.expert_id for r in pending} - known)
     return dg.SensorResult(
         run_requests=[
-            dg.RunRequest(partition_key=r.expert_id, run_key=run_key_for(r), tags={"expert_id": r.expert_id})
+            dg.RunRequest(
+                partition_key=r.expert_id,
+                run_key=run_key_for(r),
+                tags={"expert_id": r.expert_id, LAUNCHED_BY_TAG: "sensor"},
+            )
             for r in pending
         ],
         dynamic_partitions_requests=[experts.build_add_request(new_keys)] if new_keys else [],

@@ -7,17 +7,13 @@ import re
 
 import dagster as dg
 
-from expert_pipeline.core.models import ExpertProcessingProgress
+from expert_pipeline.core.run_requests import run_key_for
+
+__all__ = ["PARENT_RUN_TAG", "PARTITION_TAG", "RUN_KEY_TAG", "run_key_for", "worker_death"]
 
 PARTITION_TAG = "dagster/partition"
 RUN_KEY_TAG = "dagster/run_key"
 PARENT_RUN_TAG = "dagster/parent_run_id"
-
-
-def run_key_for(record: ExpertProcessingProgress) -> str:
-    # A new request (a new expert, or a retry that resets the row to pending) has a new
-    # started_at, hence a new run key; repeated ticks for the same request are deduplicated.
-    return f"{record.expert_id}@{record.started_at.isoformat()}"
 
 
 # The code server reports a run process that died (kill -9, out of memory) in an engine event;

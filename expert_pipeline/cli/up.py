@@ -121,6 +121,7 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
         # Sensors tick every second; their INFO lines go to the log file, not the console.
         commands["Dagster daemon"] = [str(bin_dir / "dagster-daemon"), "run", "-w", workspace]
         urls["Dagster UI"] = f"http://127.0.0.1:{settings.dagster_webserver_port}"
+        env["DAGSTER_GRAPHQL_URL"] = f"{urls['Dagster UI']}/graphql"  # the API starts runs at upload
         urls["dashboard"] = f"http://{host}:{settings.status_api_port}/dashboard"
 
     # Ctrl-C, `kill`, a service manager: one stop, however many signals arrive (make passes a

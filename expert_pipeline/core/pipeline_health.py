@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from expert_pipeline.core.models import ExpertProcessingProgress, PipelineHeartbeat, Status, utcnow
+from expert_pipeline.core.run_requests import PENDING_SENSOR_NAME as PENDING_SENSOR
 
-PENDING_SENSOR = "pending_experts_sensor"
 # The sensor ticks every second; one write every few seconds is proof enough.
 BEAT_INTERVAL_SECONDS = 5.0
 # Several missed beats, not one slow tick, before the pipeline counts as gone.

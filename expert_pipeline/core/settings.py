@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     status_api_host: str = "127.0.0.1"
     status_api_port: int = 8000
     dagster_webserver_port: int = 3000
+    # Set by `make up` for the status API: it submits an expert's run through the webserver the
+    # moment the upload commits, rather than leaving it to the sensor's next tick (~5 s).
+    dagster_graphql_url: str | None = None
 
     # Upload limits: generous for documents, small enough that one request cannot fill a disk.
     max_upload_file_bytes: int = 100 * 1024 * 1024

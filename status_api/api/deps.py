@@ -17,6 +17,7 @@ from expert_pipeline.core.ports import FileStorage, VectorStore
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
 from status_api.api.answers import expert_not_found, progress_not_found
+from status_api.run_trigger import RunTrigger
 
 # Ids are opaque but bounded: letters, digits and a few separators, as in the spec's examples
 # ("expert-uuid", "expert-123"). Anything else is a client error, not a lookup.
@@ -67,6 +68,13 @@ async def get_progress_service(db: SessionDep) -> ExpertProcessingProgressServic
 
 
 ProgressServiceDep = Annotated[ExpertProcessingProgressService, Depends(get_progress_service)]
+
+
+async def get_run_trigger(request: Request) -> RunTrigger | None:
+    return getattr(request.app.state, "run_trigger", None)
+
+
+RunTriggerDep = Annotated[RunTrigger | None, Depends(get_run_trigger)]
 
 
 def _part(request: Request, role: str) -> object:

@@ -31,6 +31,7 @@ from status_api.api.deps import (
     ExpertId,
     FileStorageDep,
     ProgressServiceDep,
+    RunTriggerDep,
     SessionDep,
     SettingsDep,
     VectorStoreDep,
@@ -39,6 +40,7 @@ from status_api.api.deps import (
     require_progress_visible,
 )
 from status_api.progress_view import present_one
+from status_api.run_trigger import RunTrigger
 from status_api.schemas import (
     ErrorResponse,
     ExpertCreatedResponse,
@@ -152,6 +154,7 @@ def create_expert(
     settings: SettingsDep,
     storage: FileStorageDep,
     principal: CurrentPrincipal,
+    trigger: RunTriggerDep,
     name: Annotated[
         str,
         Form(
@@ -182,6 +185,8 @@ def create_expert(
         )
     except UploadRejected as exc:
         raise upload_rejected(exc) from exc
+    if trigger is not None:
+        trigger.request(expert.id)
     stored = experts_service.files_of(db, [expert.id])[expert.id]
     return ExpertCreatedResponse(
         expert=_expert_out(expert, stored), progress=present_one(progress, settings, service)
@@ -230,13 +235,16 @@ def cancel_expert(
 
 
 def _requeue(
-    db: SessionDep, service: ExpertProcessingProgressService, expert: Expert
+    db: SessionDep, service: ExpertProcessingProgressService, expert: Expert, trigger: RunTrigger | None
 ) -> ExpertProcessingProgress:
     refuse_if_active(expert.id, service.get_progress(expert.id))
     files = experts_service.files_of(db, [expert.id])[expert.id]
-    return service.create_progress_record(
+    record = service.create_progress_record(
         expert_id=expert.id, agent_id=expert.agent_id, total_files=len(files)
     )
+    if trigger is not None:
+        trigger.request(expert.id)
+    return record
 
 
 @router.post(
@@ -251,10 +259,11 @@ def retry_expert(
     service: ProgressServiceDep,
     settings: SettingsDep,
     principal: CurrentPrincipal,
+    trigger: RunTriggerDep,
 ) -> ProgressResponse:
     """Queue the expert again: failed and unfinished files are processed; indexed files are kept,
     and chunks embedded before are taken from the embedding cache, not paid for again."""
-    record = _requeue(db, service, require_expert(db, expert_id, principal))
+    record = _requeue(db, service, require_expert(db, expert_id, principal), trigger)
     return ProgressResponse(progress=present_one(record, settings, service))
 
 
@@ -272,6 +281,7 @@ def add_files(
     settings: SettingsDep,
     storage: FileStorageDep,
     principal: CurrentPrincipal,
+    trigger: RunTriggerDep,
     files: Annotated[
         list[UploadFile], File(description=f"One or more documents to add; {FILES_RULE}", min_length=1)
     ],
@@ -284,7 +294,7 @@ def add_files(
         experts_service.add_files(db, storage, expert, uploads=uploads, limits=_limits(settings))
     except UploadRejected as exc:
         raise upload_rejected(exc) from exc
-    record = _requeue(db, service, expert)
+    record = _requeue(db, service, expert, trigger)
     stored = experts_service.files_of(db, [expert_id])[expert_id]
     return ExpertCreatedResponse(
         expert=_expert_out(expert, stored), progress=present_one(record, settings, service)
