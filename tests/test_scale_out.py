@@ -177,8 +177,8 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
                 "OPENAI_BASE_URL": f"{openai._http.url}/v1", "OPENAI_EMBEDDING_DIMENSIONS": str(DIMENSIONS),
                 "VECTOR_STORE": "pinecone", "PINECONE_API_KEY": PINECONE_KEY, "PINECONE_INDEX_HOST": pinecone._http.url,
                 "EXECUTOR": "celery", "CELERY_BROKER_URL": f"redis://{gateway}:{redis_port}/0",
-                # A lost host's step goes to the other one after this long (steps here take ~1-5 s).
-                "CELERY_VISIBILITY_TIMEOUT_SECONDS": "12",
+                # A lost host's step goes to the other one after this long (steps here take ~2-7 s).
+                "CELERY_VISIBILITY_TIMEOUT_SECONDS": "20",
                 "EMBEDDING_BATCH_SIZE": "4", "PROGRESS_MIN_WRITE_INTERVAL_SECONDS": "0.1",
                 "EMBEDDING_SERVER": "off",
             }  # fmt: skip
@@ -196,7 +196,12 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
             migrate(settings.resolved_database_url)
             os.environ["DAGSTER_PG_URL"] = settings.resolved_dagster_pg_url or ""
             settings.dagster_home.mkdir(parents=True)
-            (settings.dagster_home / "dagster.yaml").write_text(instance_config(use_postgres=True))
+            # All six runs at once: their steps queue up for the two hosts, none waits for a run slot.
+            config = instance_config(use_postgres=True).replace(
+                "max_concurrent_runs: 2", "max_concurrent_runs: 6"
+            )
+            assert "max_concurrent_runs: 6" in config
+            (settings.dagster_home / "dagster.yaml").write_text(config)
             prepare_instance(settings.dagster_home, say=lambda _line: None)
 
             base = {**os.environ, "PYTHONUNBUFFERED": "1"}
