@@ -6,7 +6,6 @@ test-artifacts/dashboard-search-<width>.png."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import pytest
@@ -24,7 +23,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.parametrize("database_url", ["sql
 
 
 def test_test_retrieval_lists_ranked_passages_on_a_ready_card(
-    chromium: Any,  # noqa: F811 - the fixture by name
+    request: pytest.FixtureRequest,
     axe_source: str,  # noqa: F811 - the fixture by name
     settings: Settings,
     instance: dg.DagsterInstance,
@@ -43,10 +42,12 @@ def test_test_retrieval_lists_ranked_passages_on_a_ready_card(
     waiting = tmp_path / "later.txt"
     waiting.write_text("Not processed yet.")
     waiting_id = create_expert(settings, [waiting], name="Later")
+    # Chromium (Playwright's event loop) only once the in-process Dagster run has ended.
+    browser = request.getfixturevalue("chromium")
 
     with LiveServer(create_app(settings)) as server:
         for width in (1280, 390):
-            context = chromium.new_context(viewport={"width": width, "height": 900})
+            context = browser.new_context(viewport={"width": width, "height": 900})
             page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
