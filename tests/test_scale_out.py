@@ -28,11 +28,17 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from expert_pipeline.adapters.file_storage import LocalFileStorage
 from expert_pipeline.cli.instance_storage import prepare_instance
 from expert_pipeline.cli.up import REPO_ROOT, instance_config
 from expert_pipeline.core.db import migrate
 from expert_pipeline.core.models import ExpertProcessingProgress, ProgressEvent
 from expert_pipeline.core.settings import Settings
+from expert_pipeline.ingest.shared_hand_over import SharedHandOver
+from expert_pipeline.ingest.work_area import ExpertWorkArea
+from expert_pipeline.jobs import build_ingest_job
+from expert_pipeline.text.chunking import Chunk
+from expert_pipeline.text.extraction import PageText
 from tests import netns
 from tests.conftest import skip_or_fail
 from tests.fixture_documents import make_pdf, sample_paragraphs
@@ -44,8 +50,6 @@ from tests.pipeline_helpers import create_expert
 from tests.postgres_cluster import PostgresCluster, find_pg_bin
 from tests.threaded_server import ThreadedServer
 from tests.waiting import wait_for
-
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 BIN = Path(sys.executable).parent
 HOSTS = ("host-a", "host-b")
@@ -281,6 +285,8 @@ class Watch:
         return None
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_six_experts_on_two_worker_hosts_survive_losing_one(cluster: Cluster, tmp_path: Path) -> None:
     expert_ids = [
         create_expert(cluster.settings, [_pdf(tmp_path / f"doc{i}.pdf", pages=3, seed=i)], name=f"Expert {i}")
@@ -333,3 +339,36 @@ def test_six_experts_on_two_worker_hosts_survive_losing_one(cluster: Cluster, tm
         [(e.message, e.data) for e in events if e.expert_id == victim_expert],
         cluster.logs(),
     )
+
+
+# --- configuration and hand-over, without processes ------------------------------------------
+
+
+def test_executor_is_chosen_by_configuration() -> None:
+    assert build_ingest_job(Settings()).executor_def.name == "in_process"
+    celery = build_ingest_job(Settings(executor="celery", celery_broker_url="redis://broker:6379/0"))
+    assert celery.executor_def.name == "celery" and {h.name for h in celery.hooks} == {"shared_hand_over"}
+    with pytest.raises(ValueError, match="CELERY_BROKER_URL"):
+        build_ingest_job(Settings(executor="celery"))
+
+
+def test_a_step_on_another_host_gets_what_the_previous_one_wrote(tmp_path: Path) -> None:
+    storage = LocalFileStorage(root=str(tmp_path / "storage"))
+    first = ExpertWorkArea(tmp_path / "host-a" / "work" / "e1", "run-1")
+    first.write_pages("f1", [PageText(page=1, text="alpha"), PageText(page=2, text="beta")])
+    first.write_chunks("f1", [Chunk(text="alpha beta", filename="a.pdf", page=1, index=0, token_count=2)])
+    hand_over = SharedHandOver(storage, "e1", "run-1")
+    assert hand_over.push(first, "expert_text") == 1
+    assert hand_over.push(first, "expert_chunks") == 1
+
+    second = ExpertWorkArea(tmp_path / "host-b" / "work" / "e1", "run-1")
+    assert hand_over.pull(second, "expert_chunks") == 1  # chunking reads the page text only
+    assert [p.text for p in second.read_pages("f1")] == ["alpha", "beta"]
+    assert not second.chunks_path("f1").exists()
+    assert hand_over.pull(second, "expert_embeddings") == 1
+    assert [c.text for c in second.read_chunks("f1")] == ["alpha beta"]
+    assert hand_over.pull(second, "expert_embeddings") == 0  # already here, same size
+    # A run whose earlier step wrote nothing (every file already indexed) pulls nothing.
+    assert SharedHandOver(storage, "e1", "run-2").pull(second, "expert_vectors") == 0
+    assert hand_over.forget_expert() > 0
+    assert storage.list_folders("work") == []
