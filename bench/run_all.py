@@ -11,12 +11,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SCRIPTS = [
     ["encoder_backends.py", "--repeat", "3"],
-    ["pipeline_overhead.py", "--pages", "100", "--repeat", "2"],
+    ["pipeline_overhead.py", "--pages", "117", "--repeat", "2"],
     ["eta_accuracy.py", "--pages", "80", "--batch", "16"],
     ["upload_latency.py", "--experts", "3"],
     ["sse_latency.py"],
     ["api_load.py", "--seconds", "5", "--repeat", "2"],
     ["ingest_profile.py", "--pages", "100"],
+    ["concurrent_memory.py"],
+    ["retrieval_quality.py"],
 ]
 
 

@@ -147,7 +147,7 @@ class ChatSource(BaseModel):
     filename: str
     page: int | None
     text: str = Field(description="The passage the answer quotes")
-    score: float = Field(description="Retrieval similarity (cosine), higher is closer")
+    score: float = Field(description="Relevance from hybrid retrieval (vector and keyword ranks fused), 0..1, higher is better")
 
 
 class ChatResponse(BaseModel):
