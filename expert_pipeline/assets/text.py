@@ -18,7 +18,7 @@ from expert_pipeline.ingest.progress_plan import RateEstimator, ocr_eta, overall
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
 from expert_pipeline.resources.ingest_settings import IngestSettings
-from expert_pipeline.resources.progress_reporter import ProgressReporter
+from expert_pipeline.resources.progress_reporter import IngestCancelled, ProgressReporter
 from expert_pipeline.text.extraction import ExtractionError
 from expert_pipeline.text.isolated_extraction import ExtractionLimits, IsolatedExtractor
 
@@ -67,6 +67,8 @@ def expert_text(
                 extracted = extractor.extract(item.id, source, item.filename, on_ocr_page)
             except ExtractionError as exc:
                 kind, reason = exc.kind, str(exc)
+            except IngestCancelled:
+                raise  # cancelled while OCR reported a page: the run stops, the file did nothing wrong
             except Exception as exc:  # noqa: BLE001 - a parser bug on one file must not sink the expert
                 kind, reason = (
                     "unreadable",
