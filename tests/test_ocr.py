@@ -16,6 +16,7 @@ from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.models import ExpertFile
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService
 from expert_pipeline.core.settings import Settings
+from expert_pipeline.ingest.progress_plan import RateEstimator, ocr_eta
 from expert_pipeline.ingest.work_area import ExpertWorkArea
 from expert_pipeline.text import ocr
 from expert_pipeline.text.extraction import ExtractionError, extract_pages
@@ -192,3 +193,14 @@ def test_a_scanned_pdf_becomes_an_indexed_file_with_ocr_progress(
         (stored,) = session.query(ExpertFile).filter_by(expert_id=expert_id).all()
     assert (stored.status, stored.pages) == ("indexed", 3) and (stored.chunks or 0) > 0
     assert seen and seen <= {f"OCR page {n} of 3" for n in (1, 2, 3)}
+
+
+def test_the_eta_while_ocr_reads_counts_its_pages_and_the_later_stages() -> None:
+    rate = RateEstimator()
+    rate.observe(100.0, 0)
+    assert ocr_eta(rate, 10, later_seconds=30.0) is None  # no guess before any page is read
+    for second, done in ((102.0, 1), (104.0, 2), (106.0, 3)):
+        rate.observe(second, done)
+
+    assert ocr_eta(rate, 7, later_seconds=30.0) == pytest.approx(7 * 2.0 + 30.0)
+    assert ocr_eta(rate, 7, later_seconds=None) == pytest.approx(7 * 2.0)
