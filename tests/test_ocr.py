@@ -204,3 +204,25 @@ def test_the_eta_while_ocr_reads_counts_its_pages_and_the_later_stages() -> None
 
     assert ocr_eta(rate, 7, later_seconds=30.0) == pytest.approx(7 * 2.0 + 30.0)
     assert ocr_eta(rate, 7, later_seconds=None) == pytest.approx(7 * 2.0)
+
+
+@needs_tesseract
+def test_a_page_whose_text_layer_is_debris_is_read_by_ocr(tmp_path: Path) -> None:
+    import pypdfium2 as pdfium
+    from reportlab.lib.utils import ImageReader
+    from reportlab.pdfgen import canvas
+
+    typed = pdfium.PdfDocument(str(_short_pages(tmp_path / "typed.pdf", SCANNED_TEXT[:1])))
+    image = ImageReader(typed[0].render(scale=200 / 72, grayscale=True).to_pil())
+    path = tmp_path / "broken-font.pdf"
+    pdf = canvas.Canvas(str(path), pagesize=(595, 160))
+    pdf.drawImage(image, 0, 0, width=595, height=160)
+    # What a font without a usable encoding extracts as: glyph ids read as symbols.
+    pdf.setFont("Helvetica", 1)
+    pdf.drawString(40, 100, "#$%& *+<=> @[]^ _{|}~ #$%& *+<=> @[]^ _{|}~ 1")
+    pdf.save()
+
+    (page,) = extract_pages(path)
+
+    assert "lighthouse keeper recorded seventeen ships" in page.text
+    assert "@[]^" not in page.text
