@@ -74,6 +74,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         migrate(settings.resolved_database_url)
         log_auth_mode(app.state.engine, log)
         yield
+        hot = app.state.hot_reads.stats
+        log.info(
+            "polled GETs answered from memory: %d (404: %d); by the routes: %d",
+            hot.hits,
+            hot.not_found,
+            hot.misses,
+        )
         await app.state.progress_broadcaster.aclose()
         if app.state.run_trigger is not None:
             app.state.run_trigger.close()
@@ -96,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # memory. Then, inside out: the gate authenticates (from memory, or the database) before any
     # body is read; the size limit (outside it) refuses a declared oversized body at once;
     # admission counts the gate's lookup.
-    app.hot_reads = HotReads(
+    app.hot_reads = app.state.hot_reads = HotReads(
         partial(FastAPI.__call__, app), app.state.progress_broadcaster, app.state.token_cache
     )
     app.add_middleware(AuthGate, engine=app.state.engine, tokens=app.state.token_cache)

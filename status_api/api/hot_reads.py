@@ -1,14 +1,17 @@
-"""The polled GETs answered from memory, before FastAPI routes anything.
+"""The polled GETs answered from memory, in front of FastAPI.
 
 `GET /api/experts/{id}/progress` and `GET /api/experts/progress/active` are what dashboards ask
-again and again. Behind the auth gate (which has put the caller in `scope["state"]`), this
-pure ASGI layer answers them with the bytes the broadcaster's tick keeps
-(`status_api.live.snapshot`): the same body, status and headers as the FastAPI route for the
-same state, owner-checked the same way (someone else's expert is the same 404 as a missing one),
-from a read at most two ticks old and made after this process's last progress write. Anything
-else, and any miss (memory not fresh, an expert not held yet: it is read from the next tick
-on), goes on to FastAPI and the database as before; the routes stay declared there, so the
-OpenAPI document does not change.
+again and again. This pure ASGI layer sits in front of the whole application (FastAPI's own
+layers included: `status_api.main.StatusAPI`), and answers them when it can do so from memory
+alone: the caller's token is known and accepted (`token_cache`, checked first, before anything
+else is looked at), and the broadcaster's tick holds the answer (`status_api.live.snapshot`):
+the bytes the FastAPI route would send for the same state, status and headers included (the
+security headers too), owner-checked the same way (someone else's expert is the same 404 as a
+missing one), from a read at most two ticks old and made after this process's last progress
+write. Anything else (no token or local mode, an unknown or refused token, a request with a
+body, a miss: memory not fresh, or an expert not held yet, which is then read from the next
+tick on) goes through the application as before: the gate, FastAPI, the database. The routes
+stay declared in FastAPI, so the OpenAPI document does not change.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from expert_pipeline.core.auth import Principal
-from status_api.api.deps import EXPERT_ID_PATTERN, PRINCIPAL_STATE_KEY
+from status_api.api.deps import EXPERT_ID_PATTERN, bearer_token
 from status_api.api.errors import error_response
+from status_api.api.security_headers import SECURITY_HEADERS
+from status_api.api.token_cache import TokenCache
 from status_api.live.broadcaster import ProgressBroadcaster
 
 ACTIVE_PATH = "/api/experts/progress/active"
 _ONE_PATH = re.compile(r"^/api/experts/(" + EXPERT_ID_PATTERN.strip("^$") + r")/progress$")
-_JSON = b"application/json"
+# After the response's own headers, as `SecurityHeaders` appends them to the route's answer.
+_SECURITY = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in SECURITY_HEADERS]
+_JSON = [(b"content-type", b"application/json"), *_SECURITY]
 
 
 @dataclass
@@ -37,21 +43,26 @@ class HotReadStats:
     misses: int = 0
 
 
-def _has_body(scope: Scope) -> bool:
+def _credentials(scope: Scope) -> str | None:
+    """The bearer token, or None when the request has none or has a body (never answered here)."""
+    token = None
     for name, value in scope["headers"]:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
-            return True
-    return False
+        if name == b"authorization":
+            token = bearer_token(value.decode("latin-1"))
+        elif name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
+            return None
+    return token or None
 
 
 class HotReads:
-    def __init__(self, app: ASGIApp, broadcaster: ProgressBroadcaster) -> None:
+    def __init__(self, app: ASGIApp, broadcaster: ProgressBroadcaster, tokens: TokenCache) -> None:
         self.app = app
         self.broadcaster = broadcaster
+        self.tokens = tokens
         self.stats = HotReadStats()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET":
+        if scope["type"] != "http" or scope["method"] != "GET" or scope.get("root_path"):
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
@@ -63,8 +74,9 @@ class HotReads:
                 await self.app(scope, receive, send)
                 return
             expert_id = match.group(1)
-        principal = scope.get("state", {}).get(PRINCIPAL_STATE_KEY)
-        if not isinstance(principal, Principal) or _has_body(scope) or scope.get("root_path"):
+        token = _credentials(scope)
+        principal = self.tokens.principal(token) if token is not None else None
+        if principal is None:
             await self.app(scope, receive, send)
             return
         broadcaster = self.broadcaster
@@ -86,9 +98,16 @@ class HotReads:
                 return
             if entry.record is None or not principal.sees(entry.owner):
                 self.stats.not_found += 1
-                # The route's own 404 (HTTPException -> error handler), word for word.
-                message = f"No progress record for expert '{expert_id}'"
-                await error_response(404, message)(scope, receive, send)
+                # The route's own 404 (HTTPException -> the error handler), word for word.
+                refusal = error_response(404, f"No progress record for expert '{expert_id}'")
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 404,
+                        "headers": [*refusal.raw_headers, *_SECURITY],
+                    }
+                )
+                await send({"type": "http.response.body", "body": refusal.body})
                 return
             body = entry.body
         self.stats.hits += 1
@@ -96,7 +115,7 @@ class HotReads:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-length", b"%d" % len(body)), (b"content-type", _JSON)],
+                "headers": [(b"content-length", b"%d" % len(body)), *_JSON],
             }
         )
         await send({"type": "http.response.body", "body": body})
