@@ -148,7 +148,7 @@ def tesseract_reader() -> Callable[[list[bytes]], list[str]]:
     engine = ocr.require_engine()
 
     def read(pngs: list[bytes]) -> list[str]:
-        return [text for _, text in ocr._read_in_parallel(enumerate(pngs), engine)]
+        return [text for _, (text, _) in ocr._read_in_parallel(enumerate(pngs), engine)]
 
     return read
 

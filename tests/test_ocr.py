@@ -226,3 +226,18 @@ def test_a_page_whose_text_layer_is_debris_is_read_by_ocr(tmp_path: Path) -> Non
 
     assert "lighthouse keeper recorded seventeen ships" in page.text
     assert "@[]^" not in page.text
+
+
+@needs_tesseract
+def test_when_tesseract_fails_on_every_page_the_reason_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ocr, "ocr_png", lambda png, engine: ("", "Tesseract failed (exit code 1)"))
+    scan = _scan(_short_pages(tmp_path / "typed.pdf", SCANNED_TEXT), tmp_path / "scan.pdf", dpi=72)
+
+    with pytest.raises(ExtractionError) as caught:
+        list(extract_pages(scan))
+
+    assert str(caught.value) == (
+        "no extractable text: OCR failed on 2 of 2 pages (page 1: Tesseract failed (exit code 1))"
+    )

@@ -80,15 +80,26 @@ def ocr_workers() -> int:
 
 
 def ocr_pdf_pages(
-    path: Path, numbers: list[int], engine: OcrEngine, on_page: OcrProgress | None = None
+    path: Path,
+    numbers: list[int],
+    engine: OcrEngine,
+    on_page: OcrProgress | None = None,
+    failures: list[str] | None = None,
 ) -> Iterator[tuple[int, str]]:
-    """(page number, text) for each 1-based page in `numbers`, in order."""
+    """(page number, text) for each 1-based page in `numbers`, in order.
+
+    A page Tesseract could not read yields "" and its reason goes to `failures`.
+    """
     import pypdfium2 as pdfium
 
     document = pdfium.PdfDocument(str(path))
     try:
         pngs = (_render_png(document, number) for number in numbers)
-        for done, (number, text) in enumerate(_read_in_parallel(zip(numbers, pngs), engine), start=1):
+        for done, (number, (text, failure)) in enumerate(
+            _read_in_parallel(zip(numbers, pngs), engine), start=1
+        ):
+            if failure is not None and failures is not None:
+                failures.append(f"page {number}: {failure}")
             if on_page is not None:
                 on_page(done, len(numbers))
             yield number, text
@@ -108,10 +119,12 @@ def _render_png(document: object, number: int) -> bytes:
         page.close()
 
 
-def _read_in_parallel(pages: Iterable[tuple[int, bytes]], engine: OcrEngine) -> Iterator[tuple[int, str]]:
+def _read_in_parallel(
+    pages: Iterable[tuple[int, bytes]], engine: OcrEngine
+) -> Iterator[tuple[int, tuple[str, str | None]]]:
     workers = ocr_workers()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocr") as pool:
-        pending: deque[tuple[int, Future[str]]] = deque()
+        pending: deque[tuple[int, Future[tuple[str, str | None]]]] = deque()
         for number, png in pages:
             pending.append((number, pool.submit(ocr_png, png, engine)))
             # One rendered page waiting per worker: enough to keep them busy, bounded in memory.
@@ -123,8 +136,8 @@ def _read_in_parallel(pages: Iterable[tuple[int, bytes]], engine: OcrEngine) -> 
             yield first, future.result()
 
 
-def ocr_png(png: bytes, engine: OcrEngine) -> str:
-    """Text of one page image: lines kept, paragraphs separated by a blank line."""
+def ocr_png(png: bytes, engine: OcrEngine) -> tuple[str, str | None]:
+    """Text of one page image (lines kept, paragraphs apart), and why it failed if it did."""
     # One thread per Tesseract process: pages run in parallel instead, which scales better.
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
     try:
@@ -137,10 +150,12 @@ def ocr_png(png: bytes, engine: OcrEngine) -> str:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return ""
+        return "", f"OCR took longer than {PAGE_TIMEOUT_SECONDS:g} s"
     if result.returncode != 0:
-        return ""
-    return _text_from_tsv(result.stdout.decode("utf-8", errors="replace"))
+        # Under a memory cap too small for it (it needs ~150 MB), Tesseract fails to allocate.
+        said = result.stderr.decode("utf-8", errors="replace").strip().splitlines()
+        return "", f"Tesseract failed (exit code {result.returncode}{': ' + said[-1] if said else ''})"
+    return _text_from_tsv(result.stdout.decode("utf-8", errors="replace")), None
 
 
 def _text_from_tsv(tsv: str) -> str:

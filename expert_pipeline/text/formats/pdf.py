@@ -127,12 +127,13 @@ def _read_pdf(
     characters = 0
     unreadable: list[str] = []
     to_ocr: list[int] = []
+    ocr_failures: list[str] = []
     held: list[PageText] = []  # pages after the first one to OCR, waiting for it to keep the order
     for number in range(1, page_count + 1):
-        failures = len(unreadable)
+        unreadable_before = len(unreadable)
         text = _pdf_page_text(reader, number, warnings, unreadable)
         page = PageText(page=number, text=text)
-        if len(unreadable) == failures and _needs_ocr(reader, number, text, warnings):
+        if len(unreadable) == unreadable_before and _needs_ocr(reader, number, text, warnings):
             to_ocr.append(number)
         else:
             characters += non_space_chars(text)
@@ -148,10 +149,22 @@ def _read_pdf(
         # Without OCR a document that is mostly text still indexes its text pages.
         engine = require_engine() if characters < enough else find_engine()
         if engine is not None:
-            read = dict(ocr_pdf_pages(path, to_ocr, engine, on_ocr_page))
+            try:
+                read = dict(ocr_pdf_pages(path, to_ocr, engine, on_ocr_page, ocr_failures))
+            except (MemoryError, ExtractionError):
+                raise
+            except Exception as exc:  # pdfium refusing a file pypdf could open
+                raise ExtractionError(
+                    "corrupt", f"damaged PDF: its pages cannot be rendered for OCR ({exc.__class__.__name__})"
+                ) from exc
             held = [_ocr_page(page, read.get(page.page)) for page in held]
             characters += sum(non_space_chars(read[n]) for n in to_ocr if n in read)
         yield from held
+    if characters < enough and ocr_failures:
+        raise ExtractionError(
+            "no_text",
+            f"no extractable text: OCR failed on {len(ocr_failures)} of {len(to_ocr)} pages ({ocr_failures[0]})",
+        )
     if characters < enough:
         raise ExtractionError("no_text", NO_TEXT_AFTER_OCR_MESSAGE if to_ocr else NO_TEXT_PDF_MESSAGE)
 
