@@ -8,6 +8,7 @@ The time spent writing is measured so benchmarks can show that tracking costs al
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -169,6 +170,12 @@ class ExpertProgress:
     def _interrupted(self) -> None:
         """The run's process was told to stop: a cancel if someone asked Dagster to stop the run,
         else the product is shutting down, and the expert is queued again to resume on restart."""
+        # A shutdown often signals the worker more than once (its group, then each process);
+        # a second interrupt inside this bookkeeping would lose the row's final word.
+        with _further_interrupts_ignored():
+            self._record_interruption()
+
+    def _record_interruption(self) -> None:
         self._pending = None
         try:
             user_stop = self.stop_requested()
@@ -219,6 +226,21 @@ class ExpertProgress:
             raise
         finally:
             stop.set()
+
+
+@contextmanager
+def _further_interrupts_ignored() -> Iterator[None]:
+    """SIGINT/SIGTERM ignored for the block (the run is stopping already); Python handlers can
+    only be swapped on the main thread, where Dagster runs the steps in process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 class ProgressReporter(dg.ConfigurableResource):
