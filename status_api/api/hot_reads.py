@@ -7,16 +7,17 @@ alone: the caller's token is known and accepted (`token_cache`, checked first, b
 else is looked at), and the broadcaster's tick holds the answer (`status_api.live.snapshot`):
 the bytes the FastAPI route would send for the same state, status and headers included (the
 security headers too), owner-checked the same way (someone else's expert is the same 404 as a
-missing one), from a read at most two ticks old and made after this process's last progress
-write. Anything else (no token or local mode, an unknown or refused token, a request with a
-body, a miss: memory not fresh, or an expert not held yet, which is then read from the next
-tick on) goes through the application as before: the gate, FastAPI, the database. The routes
+missing one), from the latest read: made after this process's last progress write, and at
+most `fresh_seconds` (1 s) old, or it waits for the next read. Anything else (no token or local mode, an unknown or refused token, a request with a
+body, a miss: an expert not held yet, which is then read from the next tick on, or memory
+not fresh after waiting for the reads under way) goes through the application as before: the gate, FastAPI, the database. The routes
 stay declared in FastAPI, so the OpenAPI document does not change.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -26,6 +27,7 @@ from status_api.api.errors import error_response
 from status_api.api.security_headers import SECURITY_HEADERS
 from status_api.api.token_cache import TokenCache
 from status_api.live.broadcaster import ProgressBroadcaster
+from status_api.live.snapshot import ProgressSnapshot
 
 ACTIVE_PATH = "/api/experts/progress/active"
 _ONE_PATH = re.compile(r"^/api/experts/(" + EXPERT_ID_PATTERN.strip("^$") + r")/progress$")
@@ -82,8 +84,7 @@ class HotReads:
         broadcaster = self.broadcaster
         broadcaster.hold()
         answers = broadcaster.answers
-        if not answers.usable():
-            broadcaster.wake()
+        if not answers.usable() and not await self._fresh(answers):
             self.stats.misses += 1
             await self.app(scope, receive, send)
             return
@@ -119,3 +120,13 @@ class HotReads:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+    async def _fresh(self, answers: ProgressSnapshot) -> bool:
+        """Memory is behind (a write of ours since the last read, or the read is late): wait for
+        the reads under way rather than burden the database, up to `fresh_seconds`."""
+        deadline = time.monotonic() + answers.fresh_seconds
+        while not answers.usable():
+            left = deadline - time.monotonic()
+            if left <= 0 or not await self.broadcaster.next_read(left):
+                return False
+        return True

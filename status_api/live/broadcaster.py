@@ -109,8 +109,10 @@ class ProgressBroadcaster:
         self.stats = BroadcasterStats()
         self._reader = ProgressReader(engine, self.settings)
         self._subs = Fanout(queue_size)
-        # The polled GETs' answers; a read older than two ticks is not served.
-        self.answers = ProgressSnapshot(self.settings, fresh_seconds=2 * tick_seconds)
+        # The polled GETs' answers, from the latest read (the database answers if it is older
+        # than a second: the poller fell behind, or cannot read).
+        self.answers = ProgressSnapshot(self.settings, fresh_seconds=max(1.0, 2 * tick_seconds))
+        self._read_done: asyncio.Event | None = None
         self.hold_seconds = hold_seconds
         self._hold_until = 0.0
 
@@ -180,6 +182,25 @@ class ProgressBroadcaster:
         if self._wake is not None:
             self._wake.set()
 
+    async def next_read(self, timeout: float) -> bool:
+        """Wait (at most `timeout` seconds) for the next read to end, asking for it now; False
+        when none ended in time or the poller is not running. On the event loop."""
+        done = self._read_done
+        if done is None or not self.running:
+            return False
+        self.wake()
+        try:
+            async with asyncio.timeout(timeout):
+                await done.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _read_ended(self) -> None:
+        done, self._read_done = self._read_done, asyncio.Event()
+        if done is not None:
+            done.set()
+
     def _wanted(self) -> bool:
         return bool(self.subscriber_count) or time.monotonic() < self._hold_until
 
@@ -193,6 +214,7 @@ class ProgressBroadcaster:
         self._active.clear()
         self._notified.clear()
         self.answers.reset()
+        self._read_ended()
         self.stats.pollers_started += 1
         self._recheck_at = time.monotonic() + self.token_recheck_seconds  # just authenticated
         self._task = asyncio.get_running_loop().create_task(self._run(), name="progress-broadcaster")
@@ -290,6 +312,7 @@ class ProgressBroadcaster:
             self._notified |= ids
             if self.stats.read_errors in (1, 10) or self.stats.read_errors % 100 == 0:
                 log.warning("progress broadcaster cannot read the database: %s", exc)
+            self._read_ended()  # who waits for it: the database answers them
             await asyncio.sleep(min(2.0, self.tick_seconds * 5))
             return
         self.stats.last_read_seconds = time.perf_counter() - t0
@@ -303,6 +326,7 @@ class ProgressBroadcaster:
         # still get it (they drop versions they already have).
         self._publish(changes, to_all=not seeding)
         self.answers.apply(changes, tracked, returned, read_started, self._reader.pipeline)
+        self._read_ended()
         if reseeding:
             # Entries already known stay (they carry what was last sent, e.g. a stalled flag);
             # experts no longer active, or deleted, leave.
