@@ -19,6 +19,7 @@ SCRIPTS = [
     ["ingest_profile.py", "--pages", "100"],
     ["concurrent_memory.py"],
     ["retrieval_quality.py"],
+    ["ocr_quality.py"],
 ]
 
 

@@ -1040,7 +1040,7 @@ async function searchPassages(id, card) {
     });
     list.replaceChildren(
       ...body.results.map((result) => {
-        const where = result.page != null ? `${result.filename}, page ${result.page}` : result.filename;
+        const where = citedWhere(result);
         const text = squash(result.text);
         return el(
           "li",
@@ -1091,6 +1091,15 @@ function openChat(id) {
 
 const squash = (text) => text.replace(/\s+/g, " ").trim();
 
+// "file.pdf, page 4", or "file.pdf, pages 4–5" for a passage that runs onto the next page.
+function citedWhere(passage) {
+  if (passage.page == null) return passage.filename;
+  if (passage.page_end != null && passage.page_end > passage.page) {
+    return `${passage.filename}, pages ${passage.page}\u2013${passage.page_end}`;
+  }
+  return `${passage.filename}, page ${passage.page}`;
+}
+
 function snippetFor(source, number, answer) {
   // The part of the passage around the sentence the answer quotes from it (marker [number]).
   const text = squash(source.text);
@@ -1119,7 +1128,7 @@ function renderAnswer(item, body) {
         "ol",
         { class: "sources", "aria-label": "Sources" },
         ...body.sources.map((source, index) => {
-          const where = source.page != null ? `${source.filename}, page ${source.page}` : source.filename;
+          const where = citedWhere(source);
           return el(
             "li",
             { class: "source" },

@@ -146,8 +146,13 @@ class ChatRequest(BaseModel):
 class ChatSource(BaseModel):
     filename: str
     page: int | None
+    page_end: int | None = Field(
+        default=None, description="The last page, when the passage runs onto a later page"
+    )
     text: str = Field(description="The passage the answer quotes")
-    score: float = Field(description="Relevance from hybrid retrieval (vector and keyword ranks fused), 0..1, higher is better")
+    score: float = Field(
+        description="Relevance from hybrid retrieval (vector and keyword ranks fused), 0..1, higher is better"
+    )
 
 
 class ChatResponse(BaseModel):
@@ -176,6 +181,9 @@ class SearchRequest(BaseModel):
 class SearchResult(BaseModel):
     filename: str
     page: int | None = Field(description="The page the passage starts on (None: the file has no pages)")
+    page_end: int | None = Field(
+        default=None, description="The last page, when the passage runs onto a later page"
+    )
     text: str = Field(description="The passage")
     score: float = Field(
         description="Relevance 0..1, higher is better: vector and keyword rankings fused by "

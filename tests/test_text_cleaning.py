@@ -8,6 +8,7 @@ from expert_pipeline.chat.extractive import source_of
 from expert_pipeline.text.chunking import chunk_pages
 from expert_pipeline.text.cleaning import join_hyphenated
 from expert_pipeline.text.extraction import PageText, extract_pages
+from status_api.schemas import ChatSource, SearchResult
 
 _DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 
@@ -171,3 +172,6 @@ def test_a_cited_source_shows_the_page_range() -> None:
 
     assert (spanning.page, spanning.page_end) == (4, 5)
     assert (single.page, single.page_end) == (4, None)
+    # The API's source and search-result shapes carry the range, so clients can show it.
+    assert ChatSource(**spanning.as_dict()).page_end == 5
+    assert SearchResult(**spanning.as_dict()).page_end == 5

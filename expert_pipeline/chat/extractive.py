@@ -241,7 +241,11 @@ def source_of(match: Passage) -> Source:
 
 
 def _where(source: Source) -> str:
-    return f"{source.filename}, page {source.page}" if source.page is not None else source.filename
+    if source.page is None:
+        return source.filename
+    if source.page_end is not None and source.page_end > source.page:
+        return f"{source.filename}, pages {source.page}-{source.page_end}"
+    return f"{source.filename}, page {source.page}"
 
 
 def answer(question: str, matches: Sequence[Passage]) -> tuple[str, list[Source]]:
