@@ -164,9 +164,10 @@ class ProgressSnapshot:
                     self._entries[expert_id] = Entry(None, None, None)
                 elif entry.record is not None:
                     entry.owner, entry.record, entry.seen = None, None, None
-        for expert_id in self._wanted:
-            self._entries.get(expert_id, Entry(None, None, None)).asked_at = time.monotonic()
-        self._wanted.clear()
+        read = self._wanted.intersection(asked)  # asked for while this read was under way: the next
+        for expert_id in read:
+            self._entries[expert_id].asked_at = time.monotonic()
+        self._wanted -= read
         self._derive(pipeline)
         self._evict()
         self.read_started = started
