@@ -49,11 +49,10 @@ def celery_app_config(settings: Settings) -> dict[str, Any]:
 
 def build_ingest_job(settings: Settings) -> dg.UnresolvedAssetJobDefinition:
     if settings.executor == "celery":
-        from dagster_celery import celery_executor
-
+        from expert_pipeline.ingest.celery_executor import patient_celery_executor
         from expert_pipeline.ingest.shared_hand_over import hand_over_hook
 
-        executor: dg.ExecutorDefinition = celery_executor.configured(celery_app_config(settings))
+        executor: dg.ExecutorDefinition = patient_celery_executor.configured(celery_app_config(settings))
         hooks = {hand_over_hook}
         why = " Steps run on Celery workers, handing files over through file storage."
     else:

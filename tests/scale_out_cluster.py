@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,26 @@ class _ServedOn(ThreadedServer):
         )
 
 
+class _Broker:
+    """The private Redis, which a test may restart."""
+
+    def __init__(self, command: list[str], log: Path, processes: list[subprocess.Popen[bytes]]) -> None:
+        self.command, self.log, self.processes = command, log, processes
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT)
+        self.processes.append(self.proc)
+
+    def restart(self, down_seconds: float = 2.0) -> None:
+        assert self.proc is not None
+        self.proc.terminate()  # as a service manager restarts it (Redis writes its AOF and exits)
+        self.proc.wait(timeout=30)
+        time.sleep(down_seconds)
+        self.start()
+
+
 @dataclass
 class Cluster:
     hosts: netns.Hosts
@@ -99,6 +120,7 @@ class Cluster:
     root: Path
     base_env: dict[str, str]
     processes: list[subprocess.Popen[bytes]]
+    broker: _Broker
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start_worker(self, name: str, concurrency: int = 1) -> subprocess.Popen[bytes]:
@@ -177,13 +199,13 @@ def scale_out_cluster(
             admin.dispose()
 
             redis_port = _free_port(gateway)
-            with open(tmp_path / "redis.log", "wb") as log:
-                redis = subprocess.Popen(
-                    [redis_server, "--bind", gateway, "--port", str(redis_port), "--save", "",
-                     "--appendonly", "no", "--protected-mode", "no"],
-                    stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
-            processes.append(redis)
+            # Persistent, as the README asks of a production broker: queued steps survive a restart.
+            broker_command = [
+                redis_server, "--bind", gateway, "--port", str(redis_port), "--save", "",
+                "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path), "--protected-mode", "no",
+            ]  # fmt: skip
+            broker = _Broker(broker_command, tmp_path / "redis.log", processes)
+            broker.start()
 
             from moto.server import ThreadedMotoServer
 
@@ -246,7 +268,7 @@ def scale_out_cluster(
 
             cluster = Cluster(
                 hosts, env, settings, settings.resolved_database_url, pinecone, openai, tmp_path,
-                base_env={**os.environ, "PYTHONUNBUFFERED": "1"}, processes=processes,
+                base_env={**os.environ, "PYTHONUNBUFFERED": "1"}, processes=processes, broker=broker,
             )  # fmt: skip
             for name in hosts_names:
                 (tmp_path / name).mkdir()

@@ -127,3 +127,42 @@ def test_a_step_on_another_host_gets_what_the_previous_one_wrote(tmp_path: Path)
     assert SharedHandOver(storage, "e1", "run-2").pull(second, "expert_vectors") == 0
     assert hand_over.forget_expert() > 0
     assert storage.list_folders("work") == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_broker_restart_mid_run_is_ridden_out(cluster: Cluster, tmp_path: Path) -> None:
+    """Redis restarted (persistent, as the README asks) while steps are queued and running: the
+    run workers wait it out and every expert completes, without a failed run."""
+    expert_ids = [
+        create_expert(
+            cluster.settings, [small_pdf(tmp_path / f"doc{i}.pdf", pages=3, seed=10 + i)], name=f"E{i}"
+        )
+        for i in range(3)
+    ]
+    watch = Watch(cluster.progress_url)
+
+    def under_way() -> bool:
+        return any(
+            r.status == "in_progress" and r.stage != "file_processing" for r in watch.records().values()
+        )
+
+    wait_for("an expert past fetching", under_way, timeout=120, interval=0.1)
+    cluster.broker.restart(down_seconds=2.0)
+
+    def all_finished() -> bool:
+        records = watch.records()
+        return len(records) == 3 and all(
+            r.status in ("completed", "failed", "cancelled") for r in records.values()
+        )
+
+    wait_for("every expert to finish", all_finished, timeout=120, interval=0.5)
+    records = watch.records()
+    assert {records[e].status for e in expert_ids} == {"completed"}, (
+        {k: (r.status, r.error_message) for k, r in records.items()},
+        cluster.logs(),
+    )
+    messages = [e.message for e in watch.events()]
+    assert not any("Processing restarted automatically" in m for m in messages), messages
+    for expert_id in expert_ids:
+        assert cluster.pinecone.stored_count(expert_id) == records[expert_id].total_chunks > 0

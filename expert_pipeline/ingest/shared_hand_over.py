@@ -126,10 +126,18 @@ def begin_step(context: dg.AssetExecutionContext, work: ExpertWorkArea, progress
         # dagster-celery reports one engine event per delivery of the step's task: an earlier
         # one that never finished was on a worker that died (its task was redelivered to us).
         lost = earlier[-2].split("@")[-1]
-        progress.event(
-            f"Worker {lost} was lost while running {step}; {worker_name()} took the step over",
-            {"kind": "worker_lost", "lost_worker": lost, "worker": worker_name(), "step": step},
-        )
+        if lost == worker_name():
+            # The same host had it before: its worker restarted, or the broker lost the result.
+            progress.event(
+                f"{step} is run again on {lost}: its earlier delivery never reported back "
+                "(the worker restarted, or the broker lost its result)",
+                {"kind": "step_redelivered", "worker": lost, "step": step},
+            )
+        else:
+            progress.event(
+                f"Worker {lost} was lost while running {step}; {worker_name()} took the step over",
+                {"kind": "worker_lost", "lost_worker": lost, "worker": worker_name(), "step": step},
+            )
     fetched = SharedHandOver(_storage(), context.partition_key, context.run.run_id).pull(work, step)
     context.log.info(f"{step} on {worker_name()}: {fetched} hand-over file(s) fetched from file storage")
 
