@@ -1,29 +1,38 @@
-"""Status API under load: `GET /api/experts/{id}/progress` against a bare ASGI endpoint.
+"""Status API under load: `GET /api/experts/{id}/progress` against a bare ASGI endpoint and a
+FastAPI route answering the same bytes.
 
     .venv/bin/python bench/api_load.py [--seconds 10] [--repeat 2] [--clients 50 200]
                                        [--database-url postgresql+psycopg2://postgres@127.0.0.1:5432/postgres]
 
 Seeds a temporary EXPERT_PIPELINE_HOME (SQLite by default) with one expert whose progress row
-is mid-ingest (embedding, batch 12 of 30); a thread of this process keeps its heartbeat fresh,
-as a running pipeline does, so the row never turns "stalled" during the run. Then serves, each
-in its own process, with the same uvicorn command and options (`--factory`, one worker, the
+is mid-ingest (embedding, batch 12 of 30), owned by the owner of an API token; a thread of this
+process keeps its heartbeat fresh, as a running pipeline does (another process's write, so the
+answer moves with it), and the row never turns "stalled" during the run. Then serves, each in
+its own process, with the same uvicorn command and options (`--factory`, one worker, the
 loop/http implementations and log level `make up` gets, access log off):
 
-- the status API (`status_api.main:create_app`, local mode: no tokens), which reads the row
-  from the database on every request and presents it exactly as the API always does;
+- the status API (`status_api.main:create_app`, through `bench.bare_asgi:create_status_app`,
+  which only shows its INFO lines: how many GETs it answered from memory), every request
+  authenticated with that token and owner-checked, answered as the API answers it: from memory
+  (the broadcaster's tick, see status_api/api/hot_reads.py), the database on a miss;
 - a bare ASGI callable (bench/bare_asgi.py: no framework, no database) answering the very
-  bytes the status API returned for that row.
+  bytes the status API returned for that row;
+- a FastAPI app whose one route returns those bytes (bench/bare_asgi.py: routing and path
+  validation, no database): what answering in a route at best costs.
+
+Every target gets the same request, Authorization header included.
 
 The load generator is wrk (`apt-get install wrk`): a separate process, not either server's
-event loop. For each client count the two targets alternate (bare, API, bare, API, ...) after
+event loop. For each client count the targets alternate (bare, FastAPI, API, bare, ...) after
 a short warm-up, and the run with the most requests/s is kept for each, because the machine is
 shared and noisy. With --database-url a private database is created on that PostgreSQL server
 for the run and dropped afterwards.
 
 Prints one row per client count and target: requests/s, p50 and p99 latency (wrk's), the ratio
-status API / bare requests/s, and whether the goals are met; writes bench/results/api_load.json.
-Goals: ratio >= 0.5 at every client count; p99 < 50 ms at 200 clients. Exit status 0 when both
-are met, 1 when not, 2 when the benchmark could not run. About 100 s with the defaults.
+to bare requests/s, and whether the status API meets the goals; writes
+bench/results/api_load.json. Goals: ratio >= 0.5 at every client count; p99 < 50 ms at 200
+clients. Exit status 0 when both are met, 1 when not, 2 when the benchmark could not run.
+About 150 s with the defaults.
 """
 
 from __future__ import annotations
@@ -52,11 +61,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import create_engine, text, update  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
+from expert_pipeline.core.auth import create_token  # noqa: E402
 from expert_pipeline.core.db import engine_for, migrate  # noqa: E402
+from expert_pipeline.core.models import Expert  # noqa: E402
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService  # noqa: E402
 from expert_pipeline.core.settings import Settings  # noqa: E402
 
@@ -64,7 +75,9 @@ RESULTS = ROOT / "bench" / "results" / "api_load.json"
 GOAL_RATIO = 0.5
 GOAL_P99_MS = 50.0
 GOAL_P99_CLIENTS = 200
-BARE, API = "bare ASGI", "status API"
+BARE, FASTAPI, API = "bare ASGI", "FastAPI", "status API"
+TARGETS = (BARE, FASTAPI, API)
+OWNER = "load-test"
 # What expert_pipeline/cli/up.py runs for `make up`, less host and port: uvicorn's defaults
 # otherwise (loop "auto" = uvloop, http "auto" = httptools, log level info, one worker), and
 # the access log off for both servers.
@@ -76,8 +89,9 @@ UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 # -- database ----------------------------------------------------------------------------------
 
 
-def seed(settings: Settings, home: Path) -> str:
-    """One expert (three stored files) half-way through embedding, as a dashboard polls it."""
+def seed(settings: Settings, home: Path) -> tuple[str, str]:
+    """One expert (three stored files) half-way through embedding, as a dashboard polls it, and
+    a token of its owner."""
     from tests.pipeline_helpers import create_expert  # noqa: PLC0415 (imports Dagster)
 
     documents = [home / name for name in ("handbook.txt", "faq.txt", "glossary.txt")]
@@ -85,6 +99,9 @@ def seed(settings: Settings, home: Path) -> str:
         document.write_text(f"{document.stem}\n" * 100)
     expert_id = create_expert(settings, documents, name="Load test")
     with Session(engine_for(settings.resolved_database_url), expire_on_commit=False) as session:
+        token = create_token(session, OWNER)
+        session.execute(update(Expert).where(Expert.id == expert_id).values(owner=OWNER))
+        session.commit()
         service = ExpertProcessingProgressService(session)
         service.start_run(expert_id, run_id=f"bench-{uuid.uuid4().hex[:8]}", total_files=len(documents))
         service.update_progress(
@@ -93,7 +110,7 @@ def seed(settings: Settings, home: Path) -> str:
             progress_percentage=52.5, details={"batch": "12/30", "chunks": "768/1920", "filename": "faq.txt"},
             eta_seconds=41.0, chunks_per_second=46.8,
         )
-    return expert_id
+    return expert_id, token
 
 
 class Heartbeat(threading.Thread):
@@ -141,8 +158,8 @@ def free_port() -> int:
 class Server:
     """`uvicorn TARGET --factory ...` in its own process (and process group)."""
 
-    def __init__(self, name: str, target: str, env: dict[str, str], log: Path) -> None:
-        self.name, self.port, self.log = name, free_port(), log
+    def __init__(self, name: str, target: str, env: dict[str, str], log: Path, headers: dict[str, str]) -> None:
+        self.name, self.port, self.log, self.headers = name, free_port(), log, headers
         self.command = [str(Path(sys.executable).parent / "uvicorn"), target,
                         "--host", "127.0.0.1", "--port", str(self.port), *UVICORN_OPTIONS]
         with log.open("wb") as out:
@@ -158,7 +175,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.base + path, timeout=5) as response:
+                request = urllib.request.Request(self.base + path, headers=self.headers)
+                with urllib.request.urlopen(request, timeout=5) as response:
                     return response.read()
             except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
                 if isinstance(exc, urllib.error.HTTPError) or time.monotonic() > deadline:
@@ -204,9 +222,9 @@ def _ms(value: str) -> float:
     return float(match.group(1)) * UNITS_MS[match.group(2)]
 
 
-def wrk(target: str, url: str, clients: int, seconds: float, threads: int) -> Run:
+def wrk(target: str, url: str, clients: int, seconds: float, threads: int, headers: dict[str, str]) -> Run:
     command = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency",
-               "--timeout", "10s", url]
+               "--timeout", "10s", *(f"-H{k}: {v}" for k, v in headers.items()), url]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.MULTILINE)
     requests = re.search(r"^\s+(\d+) requests in ", out, re.MULTILINE)
@@ -232,8 +250,9 @@ def measure(args: argparse.Namespace, database_url: str | None, work: Path) -> d
     settings.ensure_dirs()
     url = settings.resolved_database_url
     migrate(url)
-    expert_id = seed(settings, work)
+    expert_id, token = seed(settings, work)
     path = f"/api/experts/{expert_id}/progress"
+    headers = {"Authorization": f"Bearer {token}"}
 
     env = {k: v for k, v in os.environ.items() if k.upper() not in ("DATABASE_URL", "EXPERT_PIPELINE_HOME")}
     env["EXPERT_PIPELINE_HOME"] = str(home)
@@ -244,23 +263,27 @@ def measure(args: argparse.Namespace, database_url: str | None, work: Path) -> d
     servers: dict[str, Server] = {}
     runs: list[Run] = []
     try:
-        servers[API] = Server(API, "status_api.main:create_app", env, work / "api.log")
+        servers[API] = Server(API, "bench.bare_asgi:create_status_app", env, work / "api.log", headers)
         body = servers[API].get(path)
         if json.loads(body).get("progress", {}).get("stage") != "embedding":
             raise RuntimeError(f"unexpected answer from the status API: {body[:300]!r}")
         (work / "body.json").write_bytes(body)
         bare_env = {**env, "BARE_BODY_FILE": str(work / "body.json")}
-        servers[BARE] = Server(BARE, "bench.bare_asgi:create_app", bare_env, work / "bare.log")
-        if servers[BARE].get(path) != body:
-            raise RuntimeError("the bare endpoint does not answer the status API's bytes")
-        urls = {name: servers[name].base + path for name in (BARE, API)}
+        servers[BARE] = Server(BARE, "bench.bare_asgi:create_app", bare_env, work / "bare.log", headers)
+        servers[FASTAPI] = Server(
+            FASTAPI, "bench.bare_asgi:create_fastapi_app", bare_env, work / "fastapi.log", headers
+        )
+        for name in (BARE, FASTAPI):
+            if servers[name].get(path) != body:
+                raise RuntimeError(f"the {name} endpoint does not answer the status API's bytes")
+        urls = {name: servers[name].base + path for name in TARGETS}
         for clients in args.clients:
             if args.warmup > 0:
-                for name in (BARE, API):
-                    wrk(name, urls[name], clients, args.warmup, args.threads)
+                for name in TARGETS:
+                    wrk(name, urls[name], clients, args.warmup, args.threads, headers)
             for _ in range(args.repeat):
-                for name in (BARE, API):
-                    run = wrk(name, urls[name], clients, args.seconds, args.threads)
+                for name in TARGETS:
+                    run = wrk(name, urls[name], clients, args.seconds, args.threads, headers)
                     runs.append(run)
                     print(f"  {clients:>4} clients  {name:<11} {run.rps:>9.0f} req/s  "
                           f"p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms{'' if run.ok else '  ERRORS'}",
@@ -274,7 +297,10 @@ def measure(args: argparse.Namespace, database_url: str | None, work: Path) -> d
             server.stop()
         heartbeat.stop()
         engine_for(url).dispose()
-    return {"database": make_url(url).get_backend_name(), "path": path, "body_bytes": len(body), "runs": runs}
+    # How the status API answered (logged at its shutdown): from memory, or by the routes.
+    served = re.search(r"polled GETs answered from memory: .*", servers[API].log.read_text(errors="replace"))
+    return {"database": make_url(url).get_backend_name(), "path": path, "body_bytes": len(body), "runs": runs,
+            "served": served.group(0) if served else None}
 
 
 def best_runs(runs: list[Run], clients: list[int]) -> dict[tuple[str, int], Run]:
@@ -283,7 +309,7 @@ def best_runs(runs: list[Run], clients: list[int]) -> dict[tuple[str, int], Run]
         key = (run.target, run.clients)
         if key not in best or (run.ok, run.rps) > (best[key].ok, best[key].rps):
             best[key] = run
-    return {(t, c): best[(t, c)] for c in clients for t in (BARE, API)}
+    return {(t, c): best[(t, c)] for c in clients for t in TARGETS}
 
 
 def main() -> int:
@@ -337,7 +363,7 @@ def main() -> int:
     print("-" * len(header))
     for clients in args.clients:
         base = best[(BARE, clients)]
-        for name in (BARE, API):
+        for name in TARGETS:
             run = best[(name, clients)]
             ratio = run.rps / base.rps if base.rps else float("nan")
             row: dict[str, Any] = {**asdict(run), "ratio": round(ratio, 3)}
@@ -353,6 +379,8 @@ def main() -> int:
             rows.append(row)
             print(f"{clients:>7}  {name:<11}{run.rps:>9.0f}{run.p50_ms:>9.1f}{run.p99_ms:>9.1f}"
                   f"{ratio:>8.3f}  {goals}")
+    if case["served"]:
+        print(f"status API: {case['served']}")
     met = all(all(r["goals"].values()) for r in rows if "goals" in r)
     if GOAL_P99_CLIENTS not in args.clients:
         print(f"(the p99 goal is for {GOAL_P99_CLIENTS} clients, which were not measured)")
@@ -370,6 +398,7 @@ def main() -> int:
         "database": case["database"],
         "path": case["path"],
         "body_bytes": case["body_bytes"],
+        "served": case["served"],
         "best": rows,
         "runs": [asdict(r) for r in case["runs"]],
         "goals": {"ratio_at_least": GOAL_RATIO, "p99_ms_below": GOAL_P99_MS,

@@ -1,9 +1,10 @@
-"""The baseline for bench/api_load.py: a bare ASGI callable, no framework and no database, that
-answers every request with the bytes the real progress endpoint returned (same size, same
-content type). Served by the same uvicorn with exactly the same options as the status API,
-factory included:
+"""The baselines for bench/api_load.py, answering every request with the bytes the real progress
+endpoint returned (same size, same content type), no database: a bare ASGI callable (no
+framework), and a FastAPI app whose one route (the progress path) returns those bytes. Served
+by the same uvicorn with exactly the same options as the status API, factory included:
 
     uvicorn bench.bare_asgi:create_app --factory ...
+    uvicorn bench.bare_asgi:create_fastapi_app --factory ...
 
 The body comes from the file named by BARE_BODY_FILE."""
 
@@ -44,3 +45,32 @@ def create_app() -> ASGIApp:
         await send(response)
 
     return app
+
+
+def create_fastapi_app() -> ASGIApp:
+    """FastAPI's floor for this answer: routing, path parameter validation, a Response of bytes."""
+    from fastapi import FastAPI, Response
+
+    body = Path(os.environ["BARE_BODY_FILE"]).read_bytes()
+    app = FastAPI()
+
+    @app.get("/api/experts/{expert_id}/progress")
+    async def progress(expert_id: str) -> Response:
+        return Response(body, media_type="application/json")
+
+    return app
+
+
+def create_status_app() -> ASGIApp:
+    """`status_api.main:create_app` as it is, with its INFO lines on stderr (plain uvicorn shows
+    only its own), so the benchmark can read how the polled GETs were answered at shutdown."""
+    import logging
+
+    from status_api.main import create_app
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("status_api")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return create_app()

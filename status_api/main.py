@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,6 +50,20 @@ def log_auth_mode(engine: Engine, logger: logging.Logger) -> bool:
     return tokens
 
 
+_frozen = False
+
+
+def freeze_startup_objects() -> None:
+    """Once per process, when the service has started: what exists then (modules, the app) lives
+    as long as the process, so the cyclic GC stops walking it. A full collection then takes
+    milliseconds, not the ~100 ms pause (every request waiting) it took over ~125k objects."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
+
+
 class StatusAPI(FastAPI):
     """FastAPI with a pure ASGI layer in front of all of it, its own layers included (the hot
     reads, built by `create_app`): what it answers costs no routing, validation or telemetry."""
@@ -73,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log_parts(settings, log)
         migrate(settings.resolved_database_url)
         log_auth_mode(app.state.engine, log)
+        freeze_startup_objects()
         yield
         hot = app.state.hot_reads.stats
         log.info(
