@@ -17,7 +17,7 @@ import pytest
 
 from expert_pipeline.adapters.file_storage import LocalFileStorage
 from expert_pipeline.core.settings import Settings
-from expert_pipeline.ingest.shared_hand_over import SharedHandOver
+from expert_pipeline.ingest.shared_hand_over import HandOverMissing, SharedHandOver
 from expert_pipeline.ingest.work_area import ExpertWorkArea
 from expert_pipeline.jobs import build_ingest_job
 from expert_pipeline.text.chunking import Chunk
@@ -123,8 +123,11 @@ def test_a_step_on_another_host_gets_what_the_previous_one_wrote(tmp_path: Path)
     assert hand_over.pull(second, "expert_embeddings") == 1
     assert [c.text for c in second.read_chunks("f1")] == ["alpha beta"]
     assert hand_over.pull(second, "expert_embeddings") == 0  # already here, same size
-    # A run whose earlier step wrote nothing (every file already indexed) pulls nothing.
-    assert SharedHandOver(storage, "e1", "run-2").pull(second, "expert_vectors") == 0
+    # A step that wrote nothing (every file already indexed) still hands over an empty manifest.
+    empty = ExpertWorkArea(tmp_path / "host-a" / "work" / "e1", "run-2")
+    assert SharedHandOver(storage, "e1", "run-2").push(empty, "expert_embeddings") == 0
+    with pytest.raises(HandOverMissing, match="expert_chunks"):  # never stored: said, not guessed
+        SharedHandOver(storage, "e1", "run-2").pull(second, "expert_vectors")
     assert hand_over.forget_expert() > 0
     assert storage.list_folders("work") == []
 

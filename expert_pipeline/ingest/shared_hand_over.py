@@ -53,6 +53,10 @@ def runs_on_workers(context: dg.AssetExecutionContext) -> bool:
     return context.job_def.executor_def.name == "celery"
 
 
+class HandOverMissing(Exception):
+    """A step's outputs that the next step needs are not in file storage."""
+
+
 class SharedHandOver:
     def __init__(self, storage: FileStorage, expert_id: str, run_id: str) -> None:
         self.storage = storage
@@ -103,8 +107,12 @@ class SharedHandOver:
             target = Path(folder) / "manifest.json"
             try:
                 self.storage.fetch(self._manifest_key(step), target)
-            except FileMissing:
-                return {}  # that step wrote nothing for this run (all files already indexed)
+            except FileMissing as exc:
+                # Every step that succeeded stored one, empty or not: its hand-over failed.
+                raise HandOverMissing(
+                    f"{step}'s output for this run is not in file storage ({self._manifest_key(step)}): "
+                    "storing it failed after the step (see the step's log); retry the expert"
+                ) from exc
             loaded: dict[str, int] = json.loads(target.read_text())
             return loaded
 
