@@ -92,9 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         hot = app.state.hot_reads.stats
         log.info(
-            "polled GETs answered from memory: %d (404: %d); by the routes: %d",
+            "polled GETs answered from memory: %d (404: %d; after waiting for a read: %d); by the routes: %d",
             hot.hits,
             hot.not_found,
+            hot.waits,
             hot.misses,
         )
         await app.state.progress_broadcaster.aclose()

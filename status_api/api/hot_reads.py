@@ -43,6 +43,7 @@ class HotReadStats:
     hits: int = 0
     not_found: int = 0
     misses: int = 0
+    waits: int = 0  # memory was behind: waited for the next read
 
 
 def _credentials(scope: Scope) -> str | None:
@@ -124,6 +125,7 @@ class HotReads:
     async def _fresh(self, answers: ProgressSnapshot) -> bool:
         """Memory is behind (a write of ours since the last read, or the read is late): wait for
         the reads under way rather than burden the database, up to `fresh_seconds`."""
+        self.stats.waits += 1
         deadline = time.monotonic() + answers.fresh_seconds
         while not answers.usable():
             left = deadline - time.monotonic()
