@@ -10,10 +10,12 @@ data, e.g. Redis with `appendonly yes`.)
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
+from celery.exceptions import DuplicateTaskNameWarning
 from dagster._core.execution.retries import RetryMode
 from dagster_celery.executor import CELERY_CONFIG, CeleryExecutor, _submit_task
 
@@ -110,7 +112,11 @@ def _patient_submit(patience: _Patience) -> Callable[..., _PatientResult]:
     def publish(*args: Any) -> Any:
         while True:
             try:
-                result = _submit_task(*args)
+                with warnings.catch_warnings():
+                    # dagster-celery registers its task anew for every step: the same task each
+                    # time, but Celery warns about it once per step, into the operator's console.
+                    warnings.simplefilter("ignore", DuplicateTaskNameWarning)
+                    result = _submit_task(*args)
             except Exception as exc:  # noqa: BLE001 - publishing failed: the broker is down, retried
                 patience.failed(exc)
                 time.sleep(_RETRY_INTERVAL)
