@@ -7,8 +7,8 @@ alone: the caller's token is known and accepted (`token_cache`, checked first, b
 else is looked at), and the broadcaster's tick holds the answer (`status_api.live.snapshot`):
 the bytes the FastAPI route would send for the same state, status and headers included (the
 security headers too), owner-checked the same way (someone else's expert is the same 404 as a
-missing one), from the latest read: made after this process's last progress write, and at
-most `fresh_seconds` (1 s) old, or it waits for the next read. Anything else (no token or local mode, an unknown or refused token, a request with a
+missing one), from the latest read: made after this process's last progress write, and
+started at most `fresh_seconds` (two ticks, 0.3 s) ago, or it waits for the next read. Anything else (no token or local mode, an unknown or refused token, a request with a
 body, a miss: an expert not held yet, which is then read from the next tick on, or memory
 not fresh after waiting for the reads under way) goes through the application as before: the gate, FastAPI, the database. The routes
 stay declared in FastAPI, so the OpenAPI document does not change.

@@ -109,9 +109,9 @@ class ProgressBroadcaster:
         self.stats = BroadcasterStats()
         self._reader = ProgressReader(engine, self.settings)
         self._subs = Fanout(queue_size)
-        # The polled GETs' answers, from the latest read (the database answers if it is older
-        # than a second: the poller fell behind, or cannot read).
-        self.answers = ProgressSnapshot(self.settings, fresh_seconds=max(1.0, 2 * tick_seconds))
+        # The polled GETs' answers, from the latest read if it started at most two ticks ago
+        # (otherwise they wait for the next read, then the database answers).
+        self.answers = ProgressSnapshot(self.settings, fresh_seconds=2 * tick_seconds)
         self._read_done: asyncio.Event | None = None
         self.hold_seconds = hold_seconds
         self._hold_until = 0.0
