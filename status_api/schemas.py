@@ -143,22 +143,10 @@ class ChatRequest(BaseModel):
     )
 
 
-class ChatSource(BaseModel):
-    filename: str
-    page: int | None
-    page_end: int | None = Field(
-        default=None, description="The last page, when the passage runs onto a later page"
-    )
-    text: str = Field(description="The passage the answer quotes")
-    score: float = Field(
-        description="Relevance from hybrid retrieval (vector and keyword ranks fused), 0..1, higher is better"
-    )
-
-
 class ChatResponse(BaseModel):
     success: Literal[True] = True
     answer: str = Field(description="The answer; [n] refers to sources[n-1]")
-    sources: list[ChatSource]
+    sources: list[SearchResult]
 
 
 # -- search (what the chat retrieves, shown as it is ranked) ------------------------------------
@@ -189,6 +177,10 @@ class SearchResult(BaseModel):
         description="Relevance 0..1, higher is better: vector and keyword rankings fused by "
         "reciprocal rank, 1 = first in both"
     )
+
+
+# A chat source is a retrieved passage: one shape for both, so they can never disagree.
+ChatSource = SearchResult
 
 
 class SearchResponse(BaseModel):

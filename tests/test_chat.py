@@ -147,7 +147,7 @@ def test_chat_after_ingest_cites_the_right_file_and_page(
     first = body["sources"][0]
     assert (first["filename"], first["page"]) == ("keeper.pdf", 3)
     assert FACT in " ".join(first["text"].split()) and 0 < first["score"] <= 1
-    assert set(first) == {"filename", "page", "text", "score"}
+    assert set(first) == {"filename", "page", "page_end", "text", "score"}
     # The sentence before the [1] marker is the one carrying the fact.
     assert body["answer"].index("4,317") < body["answer"].index("[1]")
 

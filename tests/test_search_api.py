@@ -40,7 +40,7 @@ def test_search_ranks_passages_with_file_and_page_as_the_chat_retrieves_them(
     body = response.json()
     assert body["success"] is True and len(body["results"]) == 3
     first = body["results"][0]
-    assert set(first) == {"filename", "page", "text", "score"}
+    assert set(first) == {"filename", "page", "page_end", "text", "score"}
     assert (first["filename"], first["page"]) == ("parts.pdf", 3)
     assert "XR-7731" in first["text"]
     scores = [r["score"] for r in body["results"]]
@@ -100,6 +100,6 @@ def test_openapi_documents_the_search(http: httpx.Client) -> None:
     assert request["top_k"]["minimum"] == 1 and request["top_k"]["maximum"] == 50
     assert request["query"]["minLength"] == 1
     result = schemas["SearchResult"]
-    assert set(result["properties"]) == {"filename", "page", "text", "score"}
+    assert set(result["properties"]) == {"filename", "page", "page_end", "text", "score"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -77,12 +78,17 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+# alembic's `context` is one module-level proxy per process: two migrations at once in threads
+# (an app starting while a test or another app migrates) would tear each other's config down.
+_MIGRATE_LOCK = threading.Lock()
+
+
 def migrate(url: str) -> None:
     """Bring the schema to the newest revision; safe to call on every start."""
     from alembic import command
 
     engine = engine_for(url)
-    with engine.begin() as connection:
+    with _MIGRATE_LOCK, engine.begin() as connection:
         config = alembic_config(url)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

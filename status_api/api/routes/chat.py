@@ -14,6 +14,7 @@ model and the vector store are never called on the event loop.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from sqlalchemy.orm import Session
@@ -76,14 +77,20 @@ def find_passages(request: Request, expert_id: str, query: str, top_k: int) -> l
     return retrieval.search(embedder, store, expert_id, query, top_k=top_k)  # type: ignore[arg-type]
 
 
+# What both retrieval routes (chat and search) may refuse with; each adds its own 422.
+RETRIEVAL_REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body is not readable JSON"},
+    **EXPERT_NOT_FOUND,
+    **TOO_LARGE,
+    409: {"model": ErrorResponse, "description": "Being processed, or no document indexed yet"},
+}
+
+
 @router.post(
     "/{expert_id}/chat",
     response_model=ChatResponse,
     responses={
-        400: {"model": ErrorResponse, "description": "The body is not readable JSON"},
-        **EXPERT_NOT_FOUND,
-        **TOO_LARGE,
-        409: {"model": ErrorResponse, "description": "Being processed, or no document indexed yet"},
+        **RETRIEVAL_REFUSALS,
         422: {"model": ErrorResponse, "description": "Empty or too long message"},
     },
 )

@@ -11,9 +11,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from expert_pipeline.chat.extractive import source_of
-from status_api.api.answers import EXPERT_NOT_FOUND, TOO_LARGE
 from status_api.api.deps import CurrentPrincipal, ExpertId, ProgressServiceDep, SessionDep, get_principal
-from status_api.api.routes.chat import find_passages, require_ready
+from status_api.api.routes.chat import RETRIEVAL_REFUSALS, find_passages, require_ready
 from status_api.schemas import ErrorResponse, SearchRequest, SearchResponse, SearchResult
 
 router = APIRouter(prefix="/api/experts", tags=["chat"], dependencies=[Depends(get_principal)])
@@ -23,10 +22,7 @@ router = APIRouter(prefix="/api/experts", tags=["chat"], dependencies=[Depends(g
     "/{expert_id}/search",
     response_model=SearchResponse,
     responses={
-        400: {"model": ErrorResponse, "description": "The body is not readable JSON"},
-        **EXPERT_NOT_FOUND,
-        **TOO_LARGE,
-        409: {"model": ErrorResponse, "description": "Being processed, or no document indexed yet"},
+        **RETRIEVAL_REFUSALS,
         422: {"model": ErrorResponse, "description": "Empty or too long query, or top_k outside 1..50"},
     },
 )
