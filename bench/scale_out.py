@@ -1,6 +1,6 @@
 """Scale-out on Celery workers: 8 experts on 1 worker host vs 2, and what Celery adds per step.
 
-    .venv/bin/python bench/scale_out.py [--experts 8] [--pages 3] [--overhead-runs 3]
+    .venv/bin/python bench/scale_out.py [--experts 8] [--pages 3] [--repeat 2] [--overhead-runs 3]
 
 Builds the same deployment as tests/test_scale_out.py (root and iproute2 needed): the
 scheduler here, worker hosts in network namespaces (`expert-pipeline worker --concurrency 1`,
@@ -18,17 +18,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Self
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dagster as dg
+import psutil
 
+from tests import netns
 from tests.pipeline_helpers import create_expert
 from tests.scale_out_cluster import Cluster, Watch, scale_out_cluster, small_pdf, unavailable
 
@@ -64,6 +70,35 @@ def _worker_ready(cluster: Cluster, name: str, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
+class _PeakMemory:
+    """Peak resident memory of a worker host's process tree (the worker and its step processes)."""
+
+    def __init__(self, procs: dict[str, subprocess.Popen[bytes]]) -> None:
+        self.procs = procs
+        self.peak_mb: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            for name, proc in list(self.procs.items()):
+                try:
+                    root = psutil.Process(proc.pid)
+                    tree = [root, *root.children(recursive=True)]
+                    rss = sum(p.memory_info().rss for p in tree) / 2**20
+                except psutil.Error:
+                    continue
+                self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), rss)
+
+
 def _step_overhead(instance: dg.DagsterInstance, expert_id: str) -> dict[str, float]:
     deadline = time.monotonic() + 60
     while True:  # the progress row completes a moment before the run does
@@ -92,6 +127,7 @@ def main() -> int:
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--pages", type=int, default=3)
     parser.add_argument("--overhead-runs", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=2, help="turns of 1 host then 2 hosts; best of each")
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request lines
     reason = unavailable()
@@ -108,10 +144,29 @@ def main() -> int:
             _worker_ready(cluster, "host-a")
             warm = _batch(cluster, watch, root, 1, 1, seed=9000)
             print(f"warm-up expert: {warm:.1f} s")
-            one = _batch(cluster, watch, root, args.experts, args.pages, seed=1000)
-            cluster.start_worker("host-b")
-            _worker_ready(cluster, "host-b")
-            two = _batch(cluster, watch, root, args.experts, args.pages, seed=2000)
+            # Turns taken (1 host, 2 hosts, 1, 2, ...), best of each: the machine is shared and noisy.
+            ones: list[float] = []
+            twos: list[float] = []
+            memory = _PeakMemory(cluster.workers)
+            for turn in range(args.repeat):
+                ones.append(_batch(cluster, watch, root, args.experts, args.pages, seed=1000 + 100 * turn))
+                cluster.start_worker("host-b")
+                _worker_ready(cluster, "host-b")
+                with memory:
+                    twos.append(
+                        _batch(cluster, watch, root, args.experts, args.pages, seed=5000 + 100 * turn)
+                    )
+                memory = _PeakMemory(cluster.workers) if turn + 1 < args.repeat else memory
+                print(
+                    f"turn {turn + 1}: 1 host {ones[-1]:.1f} s, 2 hosts {twos[-1]:.1f} s (load {os.getloadavg()[0]:.1f})"
+                )
+                if turn + 1 < args.repeat:
+                    netns.kill_tree(cluster.workers.pop("host-b"))  # idle between batches
+            one, two = min(ones), min(twos)
+            print(
+                "peak memory per worker host (--concurrency 1): "
+                + ", ".join(f"{k} {v:.0f} MB" for k, v in memory.peak_mb.items())
+            )
             per_minute = {"1 worker": 60 * args.experts / one, "2 workers": 60 * args.experts / two}
             print(
                 f"{args.experts} experts of {args.pages} pages: 1 worker {one:.1f} s "
@@ -137,8 +192,10 @@ def main() -> int:
                 "experts": args.experts,
                 "pages": args.pages,
                 "seconds": {"1 worker": round(one, 2), "2 workers": round(two, 2)},
+                "turns": {"1 worker": [round(t, 2) for t in ones], "2 workers": [round(t, 2) for t in twos]},
                 "experts_per_minute": {k: round(v, 2) for k, v in per_minute.items()},
                 "ratio": round(one / two, 3),
+                "peak_worker_mb": {k: round(v) for k, v in memory.peak_mb.items()},
                 "one_page_runs": overheads,
                 "one_page_median": median,
             },
