@@ -20,6 +20,7 @@ SCRIPTS = [
     ["concurrent_memory.py"],
     ["retrieval_quality.py"],
     ["ocr_quality.py"],
+    ["scale_out.py"],
 ]
 
 
