@@ -12,12 +12,13 @@ import sys
 from typing import TYPE_CHECKING
 
 from expert_pipeline.core.settings import Settings, get_settings
-from expert_pipeline.jobs import EMBED_QUEUE, INGEST_QUEUE, celery_app_config
 
 if TYPE_CHECKING:
     from celery import Celery
 
-DEFAULT_QUEUES = f"{INGEST_QUEUE},{EMBED_QUEUE}"
+# expert_pipeline.jobs' INGEST_QUEUE and EMBED_QUEUE; that module is imported only once the
+# settings are known to be complete (it builds the job, which refuses a half-configured broker).
+DEFAULT_QUEUES = "ingest,embed"
 
 
 def celery_app(settings: Settings) -> Celery:
@@ -25,6 +26,8 @@ def celery_app(settings: Settings) -> Celery:
     from dagster_celery.executor import CeleryExecutor
     from dagster_celery.make_app import make_app
     from dagster_celery.tasks import create_task
+
+    from expert_pipeline.jobs import celery_app_config
 
     config = celery_app_config(settings)
     executor = CeleryExecutor.for_cli(
@@ -83,6 +86,12 @@ def run_worker(
     settings = get_settings()
     if settings.executor != "celery":
         print("expert-pipeline worker needs EXECUTOR=celery (and CELERY_BROKER_URL)", file=sys.stderr)
+        return 2
+    if not settings.celery_broker_url:
+        print(
+            "expert-pipeline worker needs CELERY_BROKER_URL (e.g. redis://broker-host:6379/0)",
+            file=sys.stderr,
+        )
         return 2
     if not settings.resolved_dagster_pg_url:
         print(
