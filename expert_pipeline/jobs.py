@@ -6,10 +6,10 @@ from typing import Any
 
 import dagster as dg
 
+from expert_pipeline.core.run_requests import INGEST_JOB_NAME as JOB_NAME
 from expert_pipeline.core.settings import Settings, get_settings
 from expert_pipeline.partitions import experts
 
-JOB_NAME = "ingest_expert"
 # Celery queues: the embedding step alone on its own (its workers' concurrency is the provider's
 # rate limit), every other step on the ingest queue.
 EMBED_QUEUE = "embed"

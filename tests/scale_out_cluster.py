@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -249,8 +250,8 @@ def scale_out_cluster(
             os.environ["DAGSTER_PG_URL"] = settings.resolved_dagster_pg_url or ""
             settings.dagster_home.mkdir(parents=True)
             # Every run at once: their steps queue up for the hosts, none waits for a run slot.
-            config = instance_config(use_postgres=True).replace(
-                "max_concurrent_runs: 2", f"max_concurrent_runs: {concurrent_runs}"
+            config = re.sub(
+                r"max_concurrent_runs: \d+", f"max_concurrent_runs: {concurrent_runs}", instance_config(use_postgres=True)
             )
             assert f"max_concurrent_runs: {concurrent_runs}" in config
             (settings.dagster_home / "dagster.yaml").write_text(config)
