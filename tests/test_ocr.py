@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
 from pypdf import PdfReader, PdfWriter
 from sqlalchemy.exc import OperationalError
@@ -22,7 +23,7 @@ from expert_pipeline.text import ocr
 from expert_pipeline.text.extraction import ExtractionError, extract_pages
 from expert_pipeline.text.formats import pdf as pdf_format
 from expert_pipeline.text.isolated_extraction import ExtractionLimits, IsolatedExtractor
-from tests.fixture_documents import make_pdf
+from tests.fixture_documents import make_pdf, sample_paragraphs
 from tests.pipeline_helpers import create_expert, run_ingest
 
 needs_tesseract = pytest.mark.skipif(
@@ -193,6 +194,44 @@ def test_a_scanned_pdf_becomes_an_indexed_file_with_ocr_progress(
         (stored,) = session.query(ExpertFile).filter_by(expert_id=expert_id).all()
     assert (stored.status, stored.pages) == ("indexed", 3) and (stored.chunks or 0) > 0
     assert seen and seen <= {f"OCR page {n} of 3" for n in (1, 2, 3)}
+
+
+@pytest.mark.slow
+@needs_tesseract
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_scan_uploaded_through_the_api_answers_with_the_right_page(
+    settings: Settings, instance: dg.DagsterInstance, tmp_path: Path, http: httpx.Client
+) -> None:
+    # Full pages, so each page's text is chunked on its own and a source names one page.
+    pages = [
+        "\n\n".join(sample_paragraphs(4, seed=71)),
+        "\n\n".join([*sample_paragraphs(3, seed=72), SCANNED_TEXT[1]]),
+        "\n\n".join(
+            [
+                *sample_paragraphs(3, seed=73),
+                "The archive keeps three hundred letters written by the first mayor.",
+            ]
+        ),
+    ]
+    scan = _scan(make_pdf(tmp_path / "typed.pdf", pages), tmp_path / "letters.pdf")
+    with scan.open("rb") as handle:
+        created = http.post(
+            "/api/experts", data={"name": "Archive"}, files={"files": ("letters.pdf", handle)}
+        )
+    assert created.status_code == 201, created.text
+    expert_id = created.json()["expert"]["id"]
+    assert run_ingest(settings, expert_id, instance).success
+
+    answer = http.post(
+        f"/api/experts/{expert_id}/chat", json={"message": "How many letters does the archive keep?"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert "three hundred letters" in answer.json()["answer"]
+    source = answer.json()["sources"][0]
+    assert (source["filename"], source["page"]) == ("letters.pdf", 3)
+    found = http.post(f"/api/experts/{expert_id}/search", json={"query": "Brücke Fluss", "top_k": 1})
+    assert found.status_code == 200, found.text
+    assert found.json()["results"][0]["page"] == 2 and "Brücke" in found.json()["results"][0]["text"]
 
 
 def test_the_eta_while_ocr_reads_counts_its_pages_and_the_later_stages() -> None:
