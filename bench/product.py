@@ -39,10 +39,20 @@ class RunningProduct:
         return [root, *root.children(recursive=True)]
 
     def rss_mb(self) -> float:
+        """Summed resident memory: counts shared libraries once per process that maps them."""
         total = 0
         for proc in self.processes():
             with contextlib.suppress(psutil.Error):
                 total += proc.memory_info().rss
+        return total / 2**20
+
+    def pss_mb(self) -> float:
+        """Summed proportional memory (the kernel's PSS): shared pages divided among the
+        processes sharing them, so the sum is what the product really occupies."""
+        total = 0
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_full_info().pss
         return total / 2**20
 
 
