@@ -348,7 +348,7 @@ def test_a_run_that_goes_quiet_is_pushed_as_stalled_and_back(settings: Settings)
     # the broadcaster still pushes the flag as it flips, and back once the run beats again.
     from status_api.main import create_app
 
-    quick = settings.model_copy(update={"stall_after_seconds": 1.0})
+    quick = settings.model_copy(update={"stall_after_seconds": 2.0})
     write(quick, "create_progress_record", expert_id="expert-quiet", total_files=1)
     write(quick, "start_run", "expert-quiet", run_id="run-1")
     app = create_app(quick)
@@ -357,6 +357,9 @@ def test_a_run_that_goes_quiet_is_pushed_as_stalled_and_back(settings: Settings)
 
         async def scenario() -> None:
             broadcaster_of(server).reseed_seconds = 0.2  # re-read active rows (and heartbeats) often
+            # A beat just before subscribing: the server's start-up (seconds on a loaded machine)
+            # must not count as the run's silence.
+            await awrite(quick, "heartbeat", "expert-quiet")
             async with client_for(server) as client, sse(client, "/api/experts/expert-quiet/progress/stream") as stream:
                 first = await stream.progress()
                 assert (first["status"], first["stalled"]) == ("in_progress", False)
