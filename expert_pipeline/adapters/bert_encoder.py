@@ -12,10 +12,8 @@ architecture, another pooling) is left to sentence-transformers (`supports` says
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,22 +21,20 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
+from expert_pipeline.adapters.local_model_files import SpecialTokensCounter, model_files, read_json
+
 TRANSFORMER = "sentence_transformers.models.Transformer"
 POOLING = "sentence_transformers.models.Pooling"
 NORMALIZE = "sentence_transformers.models.Normalize"
 
 
-def _json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
 def supports(model_dir: Path) -> bool:
     """True for a sentence-transformers folder holding a plain BERT with mean pooling."""
     try:
-        modules = [m["type"] for m in _json(model_dir / "modules.json")]
-        config = _json(model_dir / "config.json")
-        pooling_dir = next(m["path"] for m in _json(model_dir / "modules.json") if m["type"] == POOLING)
-        pooling = _json(model_dir / pooling_dir / "config.json")
+        modules = [m["type"] for m in read_json(model_dir / "modules.json")]
+        config = read_json(model_dir / "config.json")
+        pooling_dir = next(m["path"] for m in read_json(model_dir / "modules.json") if m["type"] == POOLING)
+        pooling = read_json(model_dir / pooling_dir / "config.json")
     except (OSError, ValueError, KeyError, StopIteration):
         return False
     return (
@@ -66,22 +62,21 @@ class BertSentenceEncoder:
         self.bf16 = bf16
         if bf16:
             self.backend = "torch-bf16"
-        config = _json(model_dir / "config.json")
-        self.hidden = int(config["hidden_size"])
+        config = read_json(model_dir / "config.json")
+        # Vector size and token limit read as a process without torch reads them (the served embedder).
+        facts = model_files(model_dir)
+        self.hidden = facts.dimensions
         self.heads = int(config["num_attention_heads"])
         self.layers = int(config["num_hidden_layers"])
         self.eps = float(config["layer_norm_eps"])
-        st_config = model_dir / "sentence_bert_config.json"
-        limit = _json(st_config).get("max_seq_length") if st_config.is_file() else None
-        self.max_seq_length = int(limit or config["max_position_embeddings"])
+        self.max_seq_length = facts.max_seq_length
         self.device = torch.device(device)
         self.weights = load_file(str(model_dir / "model.safetensors"), device=str(self.device))
         # Two tokenizers, because truncation is a setting of the tokenizer: counting must see
-        # past the limit, encoding must cut at it (keeping [SEP] at the end, as BERT expects).
-        self._counting = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self._counting.no_truncation()
-        self._counting.no_padding()
-        self._encoding = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        # past the limit (the same counter the served embedder uses), encoding must cut at it
+        # (keeping [SEP] at the end, as BERT expects).
+        self._counting = SpecialTokensCounter(facts.tokenizer_file)
+        self._encoding = Tokenizer.from_file(str(facts.tokenizer_file))
         self._encoding.enable_truncation(max_length=self.max_seq_length)
         self._encoding.no_padding()
 
@@ -91,7 +86,7 @@ class BertSentenceEncoder:
 
     def count_tokens(self, text: str) -> int:
         """Tokens including [CLS] and [SEP], as the model would see them before truncation."""
-        return len(self._counting.encode(text, add_special_tokens=True).ids)
+        return len(self._counting.encode_ordinary(text))
 
     def batches(
         self, texts: Sequence[str], batch_size: int

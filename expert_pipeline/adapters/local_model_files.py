@@ -32,16 +32,16 @@ class ModelFiles:
         return self.directory / "tokenizer.json"
 
 
-def _json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
 @functools.lru_cache(maxsize=4)
 def model_files(directory: Path | None = None) -> ModelFiles:
     directory = directory or bundled_model_dir()
-    config = _json(directory / "config.json")
+    config = read_json(directory / "config.json")
     st_config = directory / "sentence_bert_config.json"
-    limit = _json(st_config).get("max_seq_length") if st_config.is_file() else None
+    limit = read_json(st_config).get("max_seq_length") if st_config.is_file() else None
     return ModelFiles(
         directory=directory,
         dimensions=int(config["hidden_size"]),
