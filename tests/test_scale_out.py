@@ -21,7 +21,6 @@ from expert_pipeline.ingest.shared_hand_over import HandOverMissing, SharedHandO
 from expert_pipeline.ingest.work_area import ExpertWorkArea
 from expert_pipeline.jobs import build_ingest_job
 from expert_pipeline.text.chunking import Chunk
-from expert_pipeline.text.extraction import PageText
 from tests import netns
 from tests.conftest import skip_or_fail
 from tests.pipeline_helpers import create_expert
@@ -110,15 +109,17 @@ def test_executor_is_chosen_by_configuration() -> None:
 def test_a_step_on_another_host_gets_what_the_previous_one_wrote(tmp_path: Path) -> None:
     storage = LocalFileStorage(root=str(tmp_path / "storage"))
     first = ExpertWorkArea(tmp_path / "host-a" / "work" / "e1", "run-1")
-    first.write_pages("f1", [PageText(page=1, text="alpha"), PageText(page=2, text="beta")])
-    first.write_chunks("f1", [Chunk(text="alpha beta", filename="a.pdf", page=1, index=0, token_count=2)])
+    fetched = first.fetched_path("f1", "a.txt")
+    fetched.parent.mkdir(parents=True)
+    fetched.write_text("alpha beta")
+    first.write_chunks("f1", [Chunk(text="alpha beta", filename="a.txt", page=1, index=0, token_count=2)])
     hand_over = SharedHandOver(storage, "e1", "run-1")
-    assert hand_over.push(first, "expert_text") == 1
+    assert hand_over.push(first, "expert_files") == 1
     assert hand_over.push(first, "expert_chunks") == 1
 
     second = ExpertWorkArea(tmp_path / "host-b" / "work" / "e1", "run-1")
-    assert hand_over.pull(second, "expert_chunks") == 1  # chunking reads the page text only
-    assert [p.text for p in second.read_pages("f1")] == ["alpha", "beta"]
+    assert hand_over.pull(second, "expert_chunks") == 1  # reading and chunking need the fetched files only
+    assert second.fetched_path("f1", "a.txt").read_text() == "alpha beta"
     assert not second.chunks_path("f1").exists()
     assert hand_over.pull(second, "expert_embeddings") == 1
     assert [c.text for c in second.read_chunks("f1")] == ["alpha beta"]

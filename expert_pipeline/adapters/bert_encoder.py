@@ -56,6 +56,7 @@ class BertSentenceEncoder:
     (layer norms, softmax and pooling stay fp32); the weights stay fp32 either way."""
 
     backend = "torch-fp32"
+    counts_alongside_encoding = True  # counting has its own tokenizer and lock
 
     def __init__(self, model_dir: Path, device: str = "cpu", bf16: bool = False) -> None:
         self.model_dir = model_dir

@@ -43,6 +43,8 @@ class SentenceEncoder(Protocol):
     """A loaded model: how it counts tokens and turns texts into unit vectors."""
 
     max_seq_length: int
+    # Whether count_tokens may run while another thread encodes (its own locked tokenizer).
+    counts_alongside_encoding: bool
 
     @property
     def dimensions(self) -> int: ...
@@ -54,6 +56,8 @@ class SentenceEncoder(Protocol):
 
 class _SentenceTransformersEncoder:
     """Any other sentence-transformers model, through the library itself (slower to import)."""
+
+    counts_alongside_encoding = False  # one tokenizer for both
 
     def __init__(self, model: SentenceTransformer) -> None:
         self.model = model
@@ -350,6 +354,9 @@ class LocalEmbedder(BaseModel):
     def count_tokens(self, text: str) -> int:
         """Tokens including the special ones ([CLS], [SEP]), which count towards the limit."""
         loaded = self._loaded()
+        if loaded.encoder.counts_alongside_encoding:
+            # Chunking counts while the previous chunks are encoded (overlapping stages).
+            return loaded.encoder.count_tokens(text)
         with loaded.lock:
             return loaded.encoder.count_tokens(text)
 

@@ -89,6 +89,8 @@ def converted_model(torch_encoder: BertSentenceEncoder, cache_dir: Path) -> Path
 class OpenVinoSentenceEncoder:
     """An OpenVINO-compiled encoder with the tokenizer and batching of `torch_encoder`."""
 
+    counts_alongside_encoding = True  # through torch_encoder's own counting tokenizer
+
     def __init__(self, torch_encoder: BertSentenceEncoder, cache_dir: Path, bf16: bool) -> None:
         import openvino as ov
 

@@ -3,7 +3,6 @@
 from expert_pipeline.assets.chunks import expert_chunks
 from expert_pipeline.assets.embeddings import expert_embeddings
 from expert_pipeline.assets.files import expert_files
-from expert_pipeline.assets.text import expert_text
 from expert_pipeline.assets.vectors import expert_vectors
 
-INGEST_ASSETS = [expert_files, expert_text, expert_chunks, expert_embeddings, expert_vectors]
+INGEST_ASSETS = [expert_files, expert_chunks, expert_embeddings, expert_vectors]

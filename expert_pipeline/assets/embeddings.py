@@ -5,13 +5,12 @@ import math
 import time
 
 import dagster as dg
-import numpy as np
 
 from expert_pipeline.adapters.embedder import Embedder
 from expert_pipeline.adapters.service_trouble import ServiceUnavailable, TroubleEpisodes, TroubleReport
 from expert_pipeline.assets.chunks import expert_chunks
 from expert_pipeline.assets.context import StageRun, stage_run
-from expert_pipeline.core.embedding_cache import EmbeddingCache
+from expert_pipeline.core.embedding_cache import EmbeddingCache, embed_with_cache
 from expert_pipeline.core.models import FileStatus, Stage
 from expert_pipeline.ingest.progress_plan import RateEstimator, overall_percentage
 from expert_pipeline.partitions import experts
@@ -77,7 +76,7 @@ def expert_embeddings(
             while texts := [c.text for c in itertools.islice(chunk_iter, batch_size)]:
                 started = run.seconds()
                 try:
-                    vectors = _embed_with_cache(embedder, cache, texts)
+                    vectors = embed_with_cache(embedder, cache, texts)
                 except ServiceUnavailable as exc:
                     _note(run, episodes.after_step(embedder.take_trouble(), failed=True))
                     # The detail (endpoint, request) stays in the run's log; users get what happened
@@ -142,23 +141,3 @@ def _note(run: StageRun, report: TroubleReport | None) -> None:
 
 def _plus(eta: float | None, tail: float) -> float | None:
     return None if eta is None else eta + tail
-
-
-class _Embedded:
-    def __init__(self, array: np.ndarray, fresh: int) -> None:
-        self.array = array
-        self.fresh = fresh
-
-
-def _embed_with_cache(embedder: Embedder, cache: EmbeddingCache, texts: list[str]) -> _Embedded:
-    """Vectors for `texts`, asking the provider only for those not cached; new ones are cached
-    at once, so a run that dies mid-way has already saved what it paid for."""
-    keys = cache.keys(texts)
-    known = cache.get_many(keys)
-    missing = [i for i, key in enumerate(keys) if key not in known]
-    if missing:
-        fresh = np.asarray(embedder.embed([texts[i] for i in missing]), dtype=np.float32)
-        new = {keys[i]: fresh[j] for j, i in enumerate(missing)}
-        cache.put_many(new)
-        known.update(new)
-    return _Embedded(np.stack([known[key] for key in keys]).astype(np.float32), len(missing))

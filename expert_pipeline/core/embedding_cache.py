@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import Engine, select
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from expert_pipeline.core.db_retry import OutageHandler, call_with_db_retry
 from expert_pipeline.core.models import EmbeddingCacheEntry
+from expert_pipeline.core.ports import Embedder
 
 
 def cache_key(model: str, dimensions: int, text: str) -> str:
@@ -69,3 +71,23 @@ class EmbeddingCache:
 
         # Losing these rows would only cost a re-embedding later, but they were paid for.
         call_with_db_retry(write, on_recovered=self.on_outage_recovered, what="embedding cache write")
+
+
+@dataclass(frozen=True)
+class Embedded:
+    array: np.ndarray  # a float32 row per text, in order
+    fresh: int  # how many the provider computed (the rest came from the cache)
+
+
+def embed_with_cache(embedder: Embedder, cache: EmbeddingCache, texts: Sequence[str]) -> Embedded:
+    """Vectors for `texts`, asking the provider only for those not cached; new ones are cached
+    at once, so a run that dies mid-way has already saved what it paid for."""
+    keys = cache.keys(texts)
+    known = cache.get_many(keys)
+    missing = [i for i, key in enumerate(keys) if key not in known]
+    if missing:
+        fresh = np.asarray(embedder.embed([texts[i] for i in missing]), dtype=np.float32)
+        new = {keys[i]: fresh[j] for j, i in enumerate(missing)}
+        cache.put_many(new)
+        known.update(new)
+    return Embedded(np.stack([known[key] for key in keys]).astype(np.float32), len(missing))

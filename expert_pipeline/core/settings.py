@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     extraction_memory_mb: int = Field(default=2048, ge=128)
 
     embedding_batch_size: int = 64
+    # Chunks are embedded (into the embedding cache) while the next pages are still being read,
+    # so a long document's wall time approaches its embedding time. Not with EXECUTOR=celery,
+    # where embedding belongs to the embed queue's workers.
+    embed_while_reading: bool = True
     chunk_max_tokens: int = 256
     chunk_overlap_tokens: int = 32
     # Progress writes are coalesced: at most one non-essential write per this many seconds.

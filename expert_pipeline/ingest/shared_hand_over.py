@@ -30,13 +30,11 @@ if TYPE_CHECKING:
 # What each step writes into the work area (a folder of it), and whose outputs it reads.
 STEP_OUTPUTS = {
     "expert_files": "files",
-    "expert_text": "text",
     "expert_chunks": "chunks",
     "expert_embeddings": "embeddings",
 }
 STEP_INPUTS = {
-    "expert_text": ("expert_files",),
-    "expert_chunks": ("expert_text",),
+    "expert_chunks": ("expert_files",),
     "expert_embeddings": ("expert_chunks",),
     "expert_vectors": ("expert_chunks", "expert_embeddings"),
 }

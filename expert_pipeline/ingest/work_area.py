@@ -47,7 +47,7 @@ class ExpertWorkArea:
 
     def read_pages(self, file_id: str) -> Iterator[PageText]:
         for row in _read_jsonl(self.text_path(file_id)):
-            yield PageText(page=int(row["page"]), text=str(row["text"]))
+            yield page_from_row(row)
 
     def write_chunks(self, file_id: str, chunks: Iterable[Chunk]) -> tuple[int, int]:
         """Stream chunks to disk; returns (chunks, tokens)."""
@@ -91,6 +91,11 @@ class ExpertWorkArea:
     def remove_expert(self) -> None:
         """Remove every run's work area of this expert (this one is `<work>/<expert>/<run>`)."""
         shutil.rmtree(self.dir.parent, ignore_errors=True)
+
+
+def page_from_row(row: dict[str, Any]) -> PageText:
+    """A page as `write_pages` stored it."""
+    return PageText(page=int(row["page"]), text=str(row["text"]))
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]], measure: str) -> tuple[int, int]:

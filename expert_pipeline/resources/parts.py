@@ -185,6 +185,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "ingest_settings": IngestSettings(
             work_dir=str(settings.work_dir),
             embedding_batch_size=settings.embedding_batch_size,
+            embed_while_reading=settings.embed_while_reading and settings.executor == "in_process",
             chunk_max_tokens=settings.chunk_max_tokens,
             chunk_overlap_tokens=settings.chunk_overlap_tokens,
             extraction_timeout_seconds=settings.extraction_timeout_seconds,

@@ -26,17 +26,17 @@ import json
 import multiprocessing
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import IO, Final, Self
 
 from pebble import ProcessExpired, ProcessPool
 
-from expert_pipeline.ingest.work_area import ExpertWorkArea
-from expert_pipeline.text.extraction import ExtractionError, extract_pages
+from expert_pipeline.ingest.work_area import ExpertWorkArea, page_from_row
+from expert_pipeline.text.extraction import ExtractionError, PageText, extract_pages
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,45 @@ def _progress_path(work: ExpertWorkArea, file_id: str) -> Path:
     return work.text_path(file_id).with_suffix(".ocr-progress")
 
 
+class _PageTail:
+    """Complete page lines of the page file as the worker appends them.
+
+    The worker writes `<file>.jsonl.partial` and renames it when done; a handle opened on the
+    partial file keeps reading the same file after the rename.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.partial = path.with_suffix(path.suffix + ".partial")
+        self._handle: IO[str] | None = None
+        self._pending = ""
+
+    def new_pages(self) -> Iterator[PageText]:
+        if self._handle is None:
+            try:
+                self._handle = open(self.partial, encoding="utf-8")  # noqa: SIM115 - closed in close()
+            except FileNotFoundError:
+                return  # not started yet, or already renamed: rest() reads the final file
+        yield from self._complete_lines()
+
+    def rest(self) -> Iterator[PageText]:
+        if self._handle is None:
+            self._handle = open(self.path, encoding="utf-8")  # noqa: SIM115 - closed in close()
+        yield from self._complete_lines()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def _complete_lines(self) -> Iterator[PageText]:
+        assert self._handle is not None
+        self._pending += self._handle.read()
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            yield page_from_row(json.loads(line))
+
+
 def _read_progress(path: Path) -> tuple[int, int] | None:
     try:
         data = json.loads(path.read_text())
@@ -138,8 +177,21 @@ class IsolatedExtractor:
     def extract(
         self, file_id: str, source: Path, filename: str, on_ocr_page: OcrProgressCallback | None = None
     ) -> Extracted:
-        """Pages written to the work area, or ExtractionError with a reason for the user.
+        """Pages written to the work area, or ExtractionError with a reason for the user."""
+        pages = characters = 0
+        for page in self.stream(file_id, source, filename, on_ocr_page):
+            pages += 1
+            characters += len(page.text)
+        return Extracted(pages=pages, characters=characters)
 
+    def stream(
+        self, file_id: str, source: Path, filename: str, on_ocr_page: OcrProgressCallback | None = None
+    ) -> Iterator[PageText]:
+        """The file's pages as the worker writes them to the work area, so the caller can chunk
+        (and embed) the first pages while the worker reads the next ones.
+
+        Raises ExtractionError with a reason for the user, possibly after some pages were yielded
+        (a PDF that turns out to hold no text): the caller discards what it made of them.
         `on_ocr_page(done, total)` is called here, in the caller's thread, as OCR reads pages.
         """
         assert self._pool is not None, "use IsolatedExtractor as a context manager"
@@ -156,37 +208,45 @@ class IsolatedExtractor:
                 self.limits.memory_mb,
             ),
         )
-        started = time.monotonic()
-        seen: tuple[int, int] | None = None
-        while not future.done():
-            wait([future], timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
-            now = _read_progress(progress)
-            if now is not None and now != seen:
-                seen = now
-                if on_ocr_page is not None:
-                    on_ocr_page(*now)
-            allowance = self.limits.timeout_seconds + OCR_SECONDS_PER_PAGE * (seen[1] if seen else 0)
-            if not future.done() and time.monotonic() - started > allowance:
-                future.cancel()  # pebble ends the worker; a fresh one takes the next file
-                self._discard_partial(file_id)
-                progress.unlink(missing_ok=True)
-                raise ExtractionError(
-                    "too_large", f"too large or too complex: extraction took longer than {allowance:g} s"
-                )
-        # The last pages (or all of a short scan) may have been read between two polls.
-        final = _read_progress(progress)
-        progress.unlink(missing_ok=True)
-        if final is not None and final != seen and on_ocr_page is not None:
-            on_ocr_page(*final)
+        tail = _PageTail(self.work.text_path(file_id))
         try:
-            return future.result()
-        except ProcessExpired as exc:
-            # Killed from outside the cap's reach (the kernel's OOM killer, a parser crash in C).
-            self._discard_partial(file_id)
-            raise ExtractionError(
-                "too_large",
-                f"too large or too complex: the extraction worker died reading it (exit code {exc.exitcode})",
-            ) from None
+            started = time.monotonic()
+            seen: tuple[int, int] | None = None
+            while not future.done():
+                wait([future], timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                now = _read_progress(progress)
+                if now is not None and now != seen:
+                    seen = now
+                    if on_ocr_page is not None:
+                        on_ocr_page(*now)
+                allowance = self.limits.timeout_seconds + OCR_SECONDS_PER_PAGE * (seen[1] if seen else 0)
+                if not future.done() and time.monotonic() - started > allowance:
+                    future.cancel()  # pebble ends the worker; a fresh one takes the next file
+                    self._discard_partial(file_id)
+                    progress.unlink(missing_ok=True)
+                    raise ExtractionError(
+                        "too_large", f"too large or too complex: extraction took longer than {allowance:g} s"
+                    )
+                yield from tail.new_pages()
+            # The last pages (or all of a short scan) may have been read between two polls.
+            final = _read_progress(progress)
+            progress.unlink(missing_ok=True)
+            if final is not None and final != seen and on_ocr_page is not None:
+                on_ocr_page(*final)
+            try:
+                future.result()
+            except ProcessExpired as exc:
+                # Killed from outside the cap's reach (the kernel's OOM killer, a parser crash in C).
+                self._discard_partial(file_id)
+                raise ExtractionError(
+                    "too_large",
+                    f"too large or too complex: the extraction worker died reading it (exit code {exc.exitcode})",
+                ) from None
+            yield from tail.rest()
+        finally:
+            tail.close()
+            if not future.done():
+                future.cancel()  # the caller stopped early (cancelled): the worker need not go on
 
     def _discard_partial(self, file_id: str) -> None:
         # A killed worker never reaches the cleanup of the page file it was writing.
