@@ -111,7 +111,8 @@ def refusal(row: ApiToken, now: datetime | None = None) -> str | None:
     return None
 
 
-def _principal_of(row: ApiToken) -> Principal:
+def principal_of(row: ApiToken) -> Principal:
+    """Who a known, accepted token speaks for."""
     return Principal(owner=row.owner, operator=bool(row.operator), token_id=row.id)
 
 
@@ -127,7 +128,7 @@ def check_token(db: Session, token: str) -> Principal:
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         row.last_used_at = now
         db.commit()
-    return _principal_of(row)
+    return principal_of(row)
 
 
 def authenticate(db: Session, token: str | None) -> Principal | None:
@@ -218,7 +219,7 @@ def redeem_stream_ticket(db: Session, ticket: str) -> Principal:
     reason = refusal(token, now)
     if reason is not None:
         raise Refused(reason)
-    return _principal_of(token)
+    return principal_of(token)
 
 
 # Built once: local mode asks this on every request, and building and keying a statement

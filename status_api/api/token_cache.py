@@ -24,7 +24,7 @@ import anyio.to_thread
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from expert_pipeline.core.auth import LAST_USED_RESOLUTION, Principal, hash_token
+from expert_pipeline.core.auth import LAST_USED_RESOLUTION, Principal, hash_token, principal_of
 from expert_pipeline.core.models import ApiToken
 from status_api.live import local_writes
 
@@ -59,15 +59,13 @@ class TokenCache:
         """The token's principal from memory; None: ask the database. Call on the event loop."""
         copy = self._copy
         now = time.monotonic()
-        if (
-            copy is None
-            or now - copy.read_at > self.refresh_seconds
-            or copy.read_at <= local_writes.written_at(local_writes.TOKENS)
-        ):
+        if copy is None or copy.read_at <= local_writes.written_at(local_writes.TOKENS):
             self._refresh_soon()
-            if copy is None or now - copy.read_at > self.max_age_seconds:
-                return None
-            if copy.read_at <= local_writes.written_at(local_writes.TOKENS):
+            return None
+        age = now - copy.read_at
+        if age > self.refresh_seconds:
+            self._refresh_soon()
+            if age > self.max_age_seconds:
                 return None
         entry = copy.tokens.get(hash_token(token))
         if entry is None or not entry.usable:
@@ -100,20 +98,10 @@ class TokenCache:
     def _read(self) -> dict[str, _Token]:
         resolution = LAST_USED_RESOLUTION.total_seconds()
         with Session(self.engine) as session:
-            rows = session.execute(
-                select(
-                    ApiToken.id,
-                    ApiToken.token_sha256,
-                    ApiToken.owner,
-                    ApiToken.operator,
-                    ApiToken.expires_at,
-                    ApiToken.revoked_at,
-                    ApiToken.last_used_at,
-                )
-            ).all()
+            rows = session.scalars(select(ApiToken)).all()
         return {
             row.token_sha256: _Token(
-                principal=Principal(owner=row.owner, operator=bool(row.operator), token_id=row.id),
+                principal=principal_of(row),
                 usable=row.revoked_at is None,
                 expires_at=row.expires_at.timestamp() if row.expires_at is not None else None,
                 recorded_until=row.last_used_at.timestamp() + resolution if row.last_used_at else 0.0,
