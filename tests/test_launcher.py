@@ -245,9 +245,10 @@ def test_stopping_mid_ingest_stops_everything_and_resumes_on_the_next_start(
         timeout=180,
         interval=0.2,
     )
-    # One model per machine: the run worker (a spawned process) embeds through the embedding
-    # server, which alone has torch loaded; and the status API submitted the run at upload.
-    workers = product.libraries_of("multiprocessing.spawn")
+    # One model per machine: the run worker (forked from the daemon's forkserver, whose command
+    # line it keeps) embeds through the embedding server, which alone has torch loaded; and the
+    # status API submitted the run at upload.
+    workers = product.libraries_of("multiprocessing.forkserver")
     assert workers and not any(any(lib.startswith("libtorch") for lib in libs) for libs in workers), workers
     assert any(
         any(lib.startswith("libtorch") for lib in libs) for libs in product.libraries_of("embedding_server")
