@@ -148,6 +148,16 @@ class TroubleEpisodes:
             return TroubleReport(describe(self._service, counts), dict(counts), 1, False)
         return None
 
+    def open_episode(self) -> dict[str, Any]:
+        """The episode still open, to be carried on by a later step (`carry_on`)."""
+        return {"statuses": {str(k): v for k, v in self._counts.items()}, "steps": self._steps}
+
+    def carry_on(self, episode: dict[str, Any] | None) -> None:
+        """Continue an episode an earlier step left open (its first line is already said)."""
+        if episode:
+            self._counts = Counter({int(k): int(v) for k, v in episode["statuses"].items()})
+            self._steps = int(episode["steps"])
+
     def close(self) -> TroubleReport | None:
         """End the open episode; a line only if it went on past the step already reported."""
         if self._steps <= 1:

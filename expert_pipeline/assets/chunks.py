@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterable, Iterator
 import dagster as dg
 
 from expert_pipeline.adapters.embedder import Embedder
+from expert_pipeline.adapters.service_trouble import TroubleEpisodes
 from expert_pipeline.assets.context import StageRun, stage_run
 from expert_pipeline.assets.files import expert_files
 from expert_pipeline.core.models import FileStatus, Stage
 from expert_pipeline.core.progress_service import OPERATOR_DETAIL
-from expert_pipeline.ingest.embedding_prefetch import EmbeddingPrefetch
+from expert_pipeline.ingest.embedding_prefetch import PROVIDER_TROUBLE_NOTE, EmbeddingPrefetch
 from expert_pipeline.ingest.progress_plan import RateEstimator, ocr_eta, overall_percentage
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
@@ -72,6 +73,13 @@ def expert_chunks(
             if ingest_settings.embed_while_reading
             else None
         )
+        episodes = TroubleEpisodes("embedding provider", "batches")
+
+        def note_provider_retries() -> None:
+            # The retries of batches embedded ahead, told as the embedding step tells its own.
+            for counts in ahead.take_batch_trouble() if ahead else []:
+                run.note(episodes.after_step(counts))
+
         run.progress.stage(Stage.TEXT_EXTRACTION, overall_percentage(Stage.TEXT_EXTRACTION, 0, 1))
         for index, item in enumerate(all_files):
             if item.status != FileStatus.PENDING:
@@ -98,6 +106,7 @@ def expert_chunks(
             )
             detail: str | None = None
             kind: str
+            note_provider_retries()
             try:
                 written, file_tokens = run.work.write_chunks(
                     item.id, ahead.passing(file_chunks) if ahead else file_chunks
@@ -134,6 +143,11 @@ def expert_chunks(
             run.progress.update(
                 overall_percentage(Stage.TEXT_EXTRACTION, index + 1, total), failed_files=failed
             )
+        if ahead:
+            ahead.close()
+            note_provider_retries()
+            # The embedding step goes on with an episode still open: one story, not two.
+            run.work.write_note(PROVIDER_TROUBLE_NOTE, episodes.open_episode())
         if chunks == 0 and not any(f.status == FileStatus.INDEXED for f in all_files):
             reasons = "; ".join(f"{f.filename}: {f.error_message}" for f in catalog.files(run.expert_id))
             raise IngestFailed(f"No file could be indexed. {reasons}")

@@ -9,6 +9,7 @@ from typing import Any
 
 import dagster as dg
 
+from expert_pipeline.adapters.service_trouble import TroubleReport
 from expert_pipeline.ingest.shared_hand_over import begin_step, runs_on_workers, worker_name
 from expert_pipeline.ingest.work_area import ExpertWorkArea
 from expert_pipeline.resources.ingest_settings import IngestSettings
@@ -24,6 +25,11 @@ class StageRun:
 
     def seconds(self) -> float:
         return round(time.perf_counter() - self.started, 3)
+
+    def note(self, report: TroubleReport | None) -> None:
+        """A provider's retries, in the expert's history (see TroubleEpisodes)."""
+        if report is not None:
+            self.progress.event(report.message, report.data("provider_retries"))
 
     def metadata(self, **values: Any) -> dict[str, Any]:
         """Materialization metadata every stage reports, plus its own figures."""

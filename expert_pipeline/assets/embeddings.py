@@ -7,11 +7,12 @@ import time
 import dagster as dg
 
 from expert_pipeline.adapters.embedder import Embedder
-from expert_pipeline.adapters.service_trouble import ServiceUnavailable, TroubleEpisodes, TroubleReport
+from expert_pipeline.adapters.service_trouble import ServiceUnavailable, TroubleEpisodes
 from expert_pipeline.assets.chunks import expert_chunks
-from expert_pipeline.assets.context import StageRun, stage_run
+from expert_pipeline.assets.context import stage_run
 from expert_pipeline.core.embedding_cache import EmbeddingCache, embed_with_cache
 from expert_pipeline.core.models import FileStatus, Stage
+from expert_pipeline.ingest.embedding_prefetch import PROVIDER_TROUBLE_NOTE
 from expert_pipeline.ingest.progress_plan import RateEstimator, overall_percentage
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
@@ -70,6 +71,7 @@ def expert_embeddings(
         encode_seconds = 0.0
         from_cache = 0
         episodes = TroubleEpisodes("embedding provider", "batches")
+        episodes.carry_on(run.work.read_note(PROVIDER_TROUBLE_NOTE))  # from batches embedded ahead
         for index, item, _ in todo:
             run.work.start_embeddings(item.id)
             chunk_iter = run.work.read_chunks(item.id)
@@ -78,7 +80,7 @@ def expert_embeddings(
                 try:
                     vectors = embed_with_cache(embedder, cache, texts)
                 except ServiceUnavailable as exc:
-                    _note(run, episodes.after_step(embedder.take_trouble(), failed=True))
+                    run.note(episodes.after_step(embedder.take_trouble(), failed=True))
                     # The detail (endpoint, request) stays in the run's log; users get what happened
                     # and that a retry will not pay again for the chunks already embedded (cached).
                     context.log.error(str(exc))
@@ -87,9 +89,10 @@ def expert_embeddings(
                         "chunks were embedded and are kept; retry to embed the rest"
                     ) from exc
                 except BaseException:
-                    _note(run, episodes.after_step(embedder.take_trouble(), failed=True))
+                    run.note(episodes.after_step(embedder.take_trouble(), failed=True))
                     raise
-                _note(run, episodes.after_step(embedder.take_trouble()))
+                if vectors.fresh:  # a batch all from the cache asked no provider: not a step of an episode
+                    run.note(episodes.after_step(embedder.take_trouble()))
                 from_cache += len(texts) - vectors.fresh
                 encode_seconds += run.seconds() - started
                 run.work.append_embeddings(item.id, vectors.array)
@@ -117,7 +120,7 @@ def expert_embeddings(
             run.progress.update(
                 overall_percentage(Stage.EMBEDDING, done, total_chunks), processed_files=processed
             )
-        _note(run, episodes.close())
+        run.note(episodes.close())
     return dg.MaterializeResult(
         metadata=run.metadata(
             chunks=done,
@@ -132,11 +135,6 @@ def expert_embeddings(
             chunks_per_second=round(done / encode_seconds, 2) if encode_seconds else 0.0,
         )
     )
-
-
-def _note(run: StageRun, report: TroubleReport | None) -> None:
-    if report is not None:
-        run.progress.event(report.message, report.data("provider_retries"))
 
 
 def _plus(eta: float | None, tail: float) -> float | None:

@@ -5,9 +5,10 @@ embeds it into the embedding cache; the embedding step then finds those chunks c
 embeds what the reading outran. So a long document's wall time approaches its embedding time,
 while the stages, their order and their progress stay what the specification says.
 
-Nothing here is reported to the user: a failure stops the prefetching quietly (the embedding
-step meets the same provider and reports it with its retries and reasons), and the chunks not
-embedded yet are simply embedded by the embedding step.
+A failure stops the prefetching quietly (the embedding step meets the same provider and reports
+it with its retries and reasons), and the chunks not embedded yet are simply embedded by the
+embedding step. Retries the provider needed for batches that succeeded here are kept per batch
+(`take_batch_trouble`) for the caller's thread to report, as the embedding step reports its own.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from expert_pipeline.text.chunking import Chunk
 
 log = logging.getLogger(__name__)
 
+# The work-area note in which the reading step leaves a provider-trouble episode still open.
+PROVIDER_TROUBLE_NOTE = "provider_trouble_ahead"
+
 
 class EmbeddingPrefetch:
     """Use as a context manager around the reading of one run's files.
@@ -43,6 +47,8 @@ class EmbeddingPrefetch:
         self.embedded = 0  # chunks whose vectors are in the cache thanks to this
         self.stopped_by: str | None = None  # why prefetching stopped early, for the run's log
         self._waiting: list[str] = []
+        self._trouble: list[dict[int, int]] = []  # per embedded batch: retried answers by HTTP status
+        self._trouble_lock = threading.Lock()
         self._futures: list[Future[None]] = []
         self._stop = threading.Event()
         self._executor: ThreadPoolExecutor | None = None
@@ -54,6 +60,10 @@ class EmbeddingPrefetch:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop the batches not started, wait for the one being embedded (idempotent)."""
         self._stop.set()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
@@ -76,6 +86,12 @@ class EmbeddingPrefetch:
         """Forget queued texts of a file that failed after some of its pages were read."""
         self._waiting.clear()
 
+    def take_batch_trouble(self) -> list[dict[int, int]]:
+        """Each batch embedded since the last call: the provider's retried answers (often none)."""
+        with self._trouble_lock:
+            taken, self._trouble = self._trouble, []
+        return taken
+
     def _submit(self) -> None:
         texts, self._waiting = self._waiting, []
         if self._executor is None or self._stop.is_set():
@@ -92,11 +108,12 @@ class EmbeddingPrefetch:
                 self._cache = EmbeddingCache(self.engine, self.embedder.model_name, self.embedder.dimensions)
             embed_with_cache(self.embedder, self._cache, texts)
         except Exception as exc:  # noqa: BLE001 - the embedding step meets it again and reports it
+            self.embedder.take_trouble()  # the embedding step's retries will tell the story
             self.stopped_by = f"{exc.__class__.__name__}: {exc}"
             self._stop.set()
             log.info("embedding ahead stopped: %s", self.stopped_by)
             return
-        finally:
-            # Retries seen here are the embedding step's to report only if it meets them itself.
-            self.embedder.take_trouble()
+        trouble = self.embedder.take_trouble()
+        with self._trouble_lock:
+            self._trouble.append(trouble)
         self.embedded += len(texts)

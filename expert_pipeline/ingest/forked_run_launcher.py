@@ -61,6 +61,7 @@ def _run_worker(run_id: str, serialized_instance_ref: str) -> None:
     """The forked run process: `dagster api execute_run` without the new interpreter."""
     # The collector then leaves the preloaded objects alone, so their pages stay shared.
     gc.freeze()
+    _before = set(sys.modules)
     # The launching program's main script (preloaded as `__main__`) would otherwise be run again
     # by every process this run spawns (the extraction worker): ~1.5 s of imports each.
     sys.modules["__main__"] = types.ModuleType("__main__")
@@ -68,6 +69,7 @@ def _run_worker(run_id: str, serialized_instance_ref: str) -> None:
         instance_ref = deserialize_value(serialized_instance_ref, InstanceRef)
         with get_instance_for_cli(instance_ref=instance_ref) as instance:
             _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
+            _new = sorted(set(sys.modules) - _before); print("FRLDBG new modules", [m for m in _new if m.startswith(("expert_pipeline", "dagster", "numpy", "pyarrow","multiprocessing", "pydantic", "importlib","encodings","pydoc","symtable"))], file=sys.stderr, flush=True)
 
 
 def _start_forkserver(preload: Sequence[str]) -> None:

@@ -85,6 +85,16 @@ class ExpertWorkArea:
             return np.zeros((0, dimensions), dtype=np.float32)
         return np.memmap(path, dtype=np.float32, mode="r").reshape(-1, dimensions)
 
+    def write_note(self, name: str, data: dict[str, Any]) -> None:
+        """A small fact for a later step of the same run (e.g. an open provider-trouble episode)."""
+        path = self.dir / "notes" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+
+    def read_note(self, name: str) -> dict[str, Any] | None:
+        path = self.dir / "notes" / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
