@@ -248,9 +248,9 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {p.name: p for p in files}
 
 
-def _outcome(extractor: IsolatedExtractor, path: Path) -> tuple[str, str]:
+def _outcome(extractor: IsolatedExtractor, work: ExpertWorkArea, path: Path) -> tuple[str, str]:
     try:
-        extracted = extractor.extract(path.stem, path, path.name)
+        extracted = extractor.extract(work, path.stem, path, path.name)
     except ExtractionError as exc:
         return exc.kind, str(exc)
     return "ok", f"{extracted.pages} pages"
@@ -260,14 +260,14 @@ def test_a_file_over_the_time_limit_fails_and_the_next_file_gets_a_fresh_worker(
     hostile: dict[str, Path], tmp_path: Path
 ) -> None:
     work = ExpertWorkArea(tmp_path, "expert")
-    with IsolatedExtractor(work, ExtractionLimits(timeout_seconds=1.0, memory_mb=1024)) as extractor:
-        assert _outcome(extractor, hostile["lighthouses.txt"]) == ("ok", "1 pages")  # the worker is up
+    with IsolatedExtractor(ExtractionLimits(timeout_seconds=1.0, memory_mb=1024)) as extractor:
+        assert _outcome(extractor, work, hostile["lighthouses.txt"]) == ("ok", "1 pages")  # the worker is up
         started = time.monotonic()
-        kind, message = _outcome(extractor, hostile["slow.pdf"])
+        kind, message = _outcome(extractor, work, hostile["slow.pdf"])
         elapsed = time.monotonic() - started
         assert (kind, message) == ("too_large", "too large or too complex: extraction took longer than 1 s")
         assert 1.0 <= elapsed < 6.0
-        assert _outcome(extractor, hostile["keepers.md"]) == ("ok", "1 pages")
+        assert _outcome(extractor, work, hostile["keepers.md"]) == ("ok", "1 pages")
     assert not work.text_path("slow").exists()
     assert not list(work.text_path("slow").parent.glob("*.partial"))  # the killed worker's half file
     assert len(list(work.read_pages("keepers"))) == 1
@@ -278,14 +278,14 @@ def test_a_file_over_the_memory_limit_fails_without_touching_the_callers_memory(
 ) -> None:
     work = ExpertWorkArea(tmp_path, "expert")
     peak_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with IsolatedExtractor(work, ExtractionLimits(timeout_seconds=60.0, memory_mb=256)) as extractor:
+    with IsolatedExtractor(ExtractionLimits(timeout_seconds=60.0, memory_mb=256)) as extractor:
         started = time.monotonic()
         # ~150 MB of XML in a 100 KB file: the worker cannot hold it under 256 MB.
-        assert _outcome(extractor, hostile["bomb.docx"]) == (
+        assert _outcome(extractor, work, hostile["bomb.docx"]) == (
             "too_large", "too large: extraction needed more than 256 MB of memory"
         )
         assert time.monotonic() - started < 30
-        assert _outcome(extractor, hostile["lighthouses.txt"]) == ("ok", "1 pages")
+        assert _outcome(extractor, work, hostile["lighthouses.txt"]) == ("ok", "1 pages")
     # The bomb went off in the worker: this process grew by nothing like its size.
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before_kb < 64 * 1024
 
@@ -293,19 +293,19 @@ def test_a_file_over_the_memory_limit_fails_without_touching_the_callers_memory(
 def test_a_worker_killed_from_outside_fails_that_file_alone(hostile: dict[str, Path], tmp_path: Path) -> None:
     work = ExpertWorkArea(tmp_path, "expert")
     others = {child.pid for child in multiprocessing.active_children()}
-    with IsolatedExtractor(work, ExtractionLimits(timeout_seconds=60.0, memory_mb=1024)) as extractor:
-        assert _outcome(extractor, hostile["lighthouses.txt"]) == ("ok", "1 pages")  # the worker is up
+    with IsolatedExtractor(ExtractionLimits(timeout_seconds=60.0, memory_mb=1024)) as extractor:
+        assert _outcome(extractor, work, hostile["lighthouses.txt"]) == ("ok", "1 pages")  # the worker is up
         (worker,) = [child for child in multiprocessing.active_children() if child.pid not in others]
 
         # What the kernel's OOM killer does to a process beyond the machine's memory.
         killer = threading.Timer(0.5, os.kill, (worker.pid, signal.SIGKILL))
         killer.start()
         try:
-            kind, message = _outcome(extractor, hostile["slow.pdf"])
+            kind, message = _outcome(extractor, work, hostile["slow.pdf"])
         finally:
             killer.cancel()
         assert kind == "too_large" and "extraction worker died" in message and "-9" in message, message
-        assert _outcome(extractor, hostile["keepers.md"]) == ("ok", "1 pages")
+        assert _outcome(extractor, work, hostile["keepers.md"]) == ("ok", "1 pages")
 
 
 # --- accepted, then failed alone by the pipeline ---------------------------------------------

@@ -78,8 +78,9 @@ def test_ocr_runs_in_the_worker_and_reports_each_page(tmp_path: Path) -> None:
     work = ExpertWorkArea(tmp_path / "work", "expert-1")
     seen: list[tuple[int, int]] = []
 
-    with IsolatedExtractor(work, ExtractionLimits(timeout_seconds=60, memory_mb=2048)) as extractor:
+    with IsolatedExtractor(ExtractionLimits(timeout_seconds=60, memory_mb=2048)) as extractor:
         extracted = extractor.extract(
+            work,
             "file-1", scan, "scan.pdf", lambda done, total: seen.append((done, total))
         )
 

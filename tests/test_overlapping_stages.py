@@ -8,6 +8,7 @@ side until the other has visibly moved, which only an overlapping pipeline can d
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from expert_pipeline.core.embedding_cache import EmbeddingCache
 from expert_pipeline.core.settings import Settings
 from expert_pipeline.ingest.embedding_prefetch import EmbeddingPrefetch
 from expert_pipeline.ingest.work_area import ExpertWorkArea
+from expert_pipeline.resources.extraction_worker import ExtractionWorker
 from expert_pipeline.text.chunking import Chunk
 from expert_pipeline.text.isolated_extraction import ExtractionLimits, IsolatedExtractor
 from tests.fixture_documents import make_pdf, sample_paragraphs
@@ -30,8 +32,8 @@ from tests.waiting import wait_for
 def test_pages_reach_the_caller_while_the_worker_is_still_reading(tmp_path: Path) -> None:
     pdf = make_pdf(tmp_path / "long.pdf", ["\n\n".join(sample_paragraphs(3, seed=s)) for s in range(300)])
     work = ExpertWorkArea(tmp_path / "work", "e1")
-    with IsolatedExtractor(work, ExtractionLimits(timeout_seconds=120, memory_mb=2048)) as extractor:
-        stream = extractor.stream("f1", pdf, pdf.name)
+    with IsolatedExtractor(ExtractionLimits(timeout_seconds=120, memory_mb=2048)) as extractor:
+        stream = extractor.stream(work, "f1", pdf, pdf.name)
         first = next(stream)
         # The worker renames its page file only when the whole document is read.
         assert first.page == 1 and not work.text_path("f1").exists()
@@ -134,3 +136,26 @@ def test_the_embedding_step_takes_from_the_cache_what_was_embedded_while_reading
     again = create_expert(off, [pdf], name="Same document")
     result = run_ingest(off, again, instance)
     assert result.success and _metadata(result, "expert_chunks")["chunks_embedded_ahead"] == 0
+
+
+def test_the_extraction_worker_comes_up_with_the_run_not_with_the_first_file() -> None:
+    before = {child.pid for child in multiprocessing.active_children()}
+    worker = ExtractionWorker(timeout_seconds=60, memory_mb=1024)
+    worker.setup_for_execution(dg.build_init_resource_context())
+    try:
+        # No file asked for yet: the worker process starts (and imports its parsers) meanwhile.
+        wait_for(
+            "the extraction worker process",
+            lambda: any(c.pid not in before for c in multiprocessing.active_children()),
+            timeout=30,
+        )
+        with worker.reading() as extractor:
+            assert extractor is worker._extractor
+    finally:
+        worker.teardown_after_execution(dg.build_init_resource_context())
+    # Done reading, the step stops it: later stages need no idle worker beside them.
+    wait_for(
+        "the worker to be gone",
+        lambda: all(c.pid in before for c in multiprocessing.active_children()),
+        timeout=30,
+    )

@@ -27,11 +27,11 @@ from expert_pipeline.ingest.embedding_prefetch import PROVIDER_TROUBLE_NOTE, Emb
 from expert_pipeline.ingest.progress_plan import RateEstimator, ocr_eta, overall_percentage
 from expert_pipeline.partitions import experts
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
+from expert_pipeline.resources.extraction_worker import ExtractionWorker
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.progress_reporter import IngestCancelled, IngestFailed, ProgressReporter
 from expert_pipeline.text.chunking import chunk_pages
 from expert_pipeline.text.extraction import ExtractionError, PageText
-from expert_pipeline.text.isolated_extraction import ExtractionLimits, IsolatedExtractor
 
 UNREADABLE_REASON = "could not be read: it is damaged, or uses a format feature we cannot parse"
 
@@ -53,6 +53,7 @@ def expert_chunks(
     embedder: dg.ResourceParam[Embedder],
     progress_reporter: ProgressReporter,
     ingest_settings: IngestSettings,
+    extraction_worker: ExtractionWorker,
 ) -> dg.MaterializeResult:
     run = stage_run(context, ingest_settings, progress_reporter)
     all_files = catalog.files(run.expert_id)
@@ -60,12 +61,9 @@ def expert_chunks(
     failed = sum(1 for f in all_files if f.status == FileStatus.FAILED)
     max_tokens = min(ingest_settings.chunk_max_tokens, embedder.max_input_tokens)
     pages = characters = chunks = tokens = 0
-    limits = ExtractionLimits(
-        ingest_settings.extraction_timeout_seconds, ingest_settings.extraction_memory_mb
-    )
     with contextlib.ExitStack() as stack:
         stack.enter_context(run.progress.guard("Text extraction"))
-        extractor = stack.enter_context(IsolatedExtractor(run.work, limits))
+        extractor = stack.enter_context(extraction_worker.reading())
         ahead = (
             stack.enter_context(
                 EmbeddingPrefetch(embedder, catalog.engine, ingest_settings.embedding_batch_size)
@@ -92,6 +90,7 @@ def expert_chunks(
             )
             read = _PagesRead()
             stream = extractor.stream(
+                run.work,
                 item.id,
                 run.work.fetched_path(item.id, item.filename),
                 item.filename,

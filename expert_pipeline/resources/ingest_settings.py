@@ -10,5 +10,3 @@ class IngestSettings(dg.ConfigurableResource):
     chunk_max_tokens: int = 256
     chunk_overlap_tokens: int = 32
     upsert_batch_size: int = 200
-    extraction_timeout_seconds: float = 120.0
-    extraction_memory_mb: int = 2048

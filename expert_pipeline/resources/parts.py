@@ -17,6 +17,7 @@ from expert_pipeline.adapters.vector_store import LanceDBVectorStore
 from expert_pipeline.core.ports import Embedder, FileStorage, VectorStore
 from expert_pipeline.core.settings import Settings
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
+from expert_pipeline.resources.extraction_worker import ExtractionWorker
 from expert_pipeline.resources.ingest_settings import IngestSettings
 from expert_pipeline.resources.maintenance_settings import MaintenanceSettings
 from expert_pipeline.resources.progress_reporter import ProgressReporter
@@ -188,8 +189,9 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             embed_while_reading=settings.embed_while_reading and settings.executor == "in_process",
             chunk_max_tokens=settings.chunk_max_tokens,
             chunk_overlap_tokens=settings.chunk_overlap_tokens,
-            extraction_timeout_seconds=settings.extraction_timeout_seconds,
-            extraction_memory_mb=settings.extraction_memory_mb,
+        ),
+        "extraction_worker": ExtractionWorker(
+            timeout_seconds=settings.extraction_timeout_seconds, memory_mb=settings.extraction_memory_mb
         ),
         "maintenance_settings": MaintenanceSettings(
             completed_retention_days=settings.completed_retention_days,

@@ -149,66 +149,91 @@ def _read_progress(path: Path) -> tuple[int, int] | None:
         return None
 
 
-class IsolatedExtractor:
-    """Use as a context manager around one run's extraction of all its files."""
+def _ready() -> None:
+    """Scheduled at start so the worker's interpreter comes up before the first file needs it."""
 
-    def __init__(self, work: ExpertWorkArea, limits: ExtractionLimits) -> None:
-        self.work = work
+
+class IsolatedExtractor:
+    """The worker process (one, reused for every file) under the limits.
+
+    Use as a context manager, or `start()` it early (its interpreter takes a few tenths of a
+    second to come up, which it can spend while other work goes on) and `stop()` it at the end.
+    """
+
+    def __init__(self, limits: ExtractionLimits) -> None:
         self.limits = limits
         self._pool: ProcessPool | None = None
 
     def __enter__(self) -> Self:
-        self._pool = ProcessPool(
-            max_workers=1,
-            initializer=_cap_memory,
-            initargs=(self.limits.memory_mb,),
-            context=multiprocessing.get_context("spawn"),
-        )
+        self.start()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self._pool is None:
+            self._pool = ProcessPool(
+                max_workers=1,
+                initializer=_cap_memory,
+                initargs=(self.limits.memory_mb,),
+                context=multiprocessing.get_context("spawn"),
+            )
+            self._pool.schedule(_ready)  # pebble starts its worker on the first task, not before
+
+    def stop(self) -> None:
         if self._pool is not None:
             self._pool.stop()
             self._pool.join(timeout=10)
             self._pool = None
 
     def extract(
-        self, file_id: str, source: Path, filename: str, on_ocr_page: OcrProgressCallback | None = None
+        self,
+        work: ExpertWorkArea,
+        file_id: str,
+        source: Path,
+        filename: str,
+        on_ocr_page: OcrProgressCallback | None = None,
     ) -> Extracted:
-        """Pages written to the work area, or ExtractionError with a reason for the user."""
+        """Pages written to `work`, or ExtractionError with a reason for the user."""
         pages = characters = 0
-        for page in self.stream(file_id, source, filename, on_ocr_page):
+        for page in self.stream(work, file_id, source, filename, on_ocr_page):
             pages += 1
             characters += len(page.text)
         return Extracted(pages=pages, characters=characters)
 
     def stream(
-        self, file_id: str, source: Path, filename: str, on_ocr_page: OcrProgressCallback | None = None
+        self,
+        work: ExpertWorkArea,
+        file_id: str,
+        source: Path,
+        filename: str,
+        on_ocr_page: OcrProgressCallback | None = None,
     ) -> Iterator[PageText]:
-        """The file's pages as the worker writes them to the work area, so the caller can chunk
+        """The file's pages as the worker writes them to `work`, so the caller can chunk
         (and embed) the first pages while the worker reads the next ones.
 
         Raises ExtractionError with a reason for the user, possibly after some pages were yielded
         (a PDF that turns out to hold no text): the caller discards what it made of them.
         `on_ocr_page(done, total)` is called here, in the caller's thread, as OCR reads pages.
         """
-        assert self._pool is not None, "use IsolatedExtractor as a context manager"
-        progress = _progress_path(self.work, file_id)
+        assert self._pool is not None, "start the IsolatedExtractor first (or use it as a context manager)"
+        progress = _progress_path(work, file_id)
         progress.unlink(missing_ok=True)
         future = self._pool.schedule(
             _extract_to_work_area,
             args=(
-                str(self.work.dir.parent),
-                self.work.dir.name,
+                str(work.dir.parent),
+                work.dir.name,
                 file_id,
                 str(source),
                 filename,
                 self.limits.memory_mb,
             ),
         )
-        tail = _PageTail(self.work.text_path(file_id))
+        tail = _PageTail(work.text_path(file_id))
         try:
             started = time.monotonic()
             seen: tuple[int, int] | None = None
@@ -222,7 +247,7 @@ class IsolatedExtractor:
                 allowance = self.limits.timeout_seconds + OCR_SECONDS_PER_PAGE * (seen[1] if seen else 0)
                 if not future.done() and time.monotonic() - started > allowance:
                     future.cancel()  # pebble ends the worker; a fresh one takes the next file
-                    self._discard_partial(file_id)
+                    _discard_partial(work, file_id)
                     progress.unlink(missing_ok=True)
                     raise ExtractionError(
                         "too_large", f"too large or too complex: extraction took longer than {allowance:g} s"
@@ -237,7 +262,7 @@ class IsolatedExtractor:
                 future.result()
             except ProcessExpired as exc:
                 # Killed from outside the cap's reach (the kernel's OOM killer, a parser crash in C).
-                self._discard_partial(file_id)
+                _discard_partial(work, file_id)
                 raise ExtractionError(
                     "too_large",
                     f"too large or too complex: the extraction worker died reading it (exit code {exc.exitcode})",
@@ -248,7 +273,8 @@ class IsolatedExtractor:
             if not future.done():
                 future.cancel()  # the caller stopped early (cancelled): the worker need not go on
 
-    def _discard_partial(self, file_id: str) -> None:
-        # A killed worker never reaches the cleanup of the page file it was writing.
-        text = self.work.text_path(file_id)
-        text.with_suffix(text.suffix + ".partial").unlink(missing_ok=True)
+
+def _discard_partial(work: ExpertWorkArea, file_id: str) -> None:
+    # A killed worker never reaches the cleanup of the page file it was writing.
+    text = work.text_path(file_id)
+    text.with_suffix(text.suffix + ".partial").unlink(missing_ok=True)
