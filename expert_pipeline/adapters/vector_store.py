@@ -230,6 +230,17 @@ class LanceDBVectorStore(BaseModel):
                     self._connection = connection
         return self._connection
 
+    def connect_soon(self) -> None:
+        """Import lancedb and connect on a background thread: its import takes most of a second,
+        which a run spends while its earlier stages wait on the extraction worker and the model."""
+        threading.Thread(target=self._connect_quietly, name="lancedb-connect", daemon=True).start()
+
+    def _connect_quietly(self) -> None:
+        try:
+            self.connection  # noqa: B018 - the property connects
+        except Exception:  # the stage that needs it connects again and reports
+            log.debug("LanceDB connection ahead of need failed", exc_info=True)
+
     def _open(self, namespace: str) -> Table | None:
         name = table_name(namespace)
         try:

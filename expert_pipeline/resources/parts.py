@@ -109,7 +109,9 @@ class LanceDBVectorStoreResource(dg.ConfigurableResource):
     uri: str
 
     def create_resource(self, context: dg.InitResourceContext) -> VectorStore:
-        return LanceDBVectorStore(uri=self.uri)
+        store = LanceDBVectorStore(uri=self.uri)
+        store.connect_soon()  # ready by the storage stage rather than the first thing it does
+        return store
 
 
 class PineconeVectorStoreResource(dg.ConfigurableResource):
