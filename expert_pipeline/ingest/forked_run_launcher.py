@@ -55,13 +55,13 @@ STARTED_TAG = "expert_pipeline/run_worker_started_at"
 FORKSERVER_CMDLINE = "from multiprocessing.forkserver import main"
 
 _forkserver_lock = threading.Lock()
+_preload_set = False
 
 
 def _run_worker(run_id: str, serialized_instance_ref: str) -> None:
     """The forked run process: `dagster api execute_run` without the new interpreter."""
     # The collector then leaves the preloaded objects alone, so their pages stay shared.
     gc.freeze()
-    _before = set(sys.modules)
     # The launching program's main script (preloaded as `__main__`) would otherwise be run again
     # by every process this run spawns (the extraction worker): ~1.5 s of imports each.
     sys.modules["__main__"] = types.ModuleType("__main__")
@@ -69,20 +69,29 @@ def _run_worker(run_id: str, serialized_instance_ref: str) -> None:
         instance_ref = deserialize_value(serialized_instance_ref, InstanceRef)
         with get_instance_for_cli(instance_ref=instance_ref) as instance:
             _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
-            _new = sorted(set(sys.modules) - _before); print("FRLDBG new modules", [m for m in _new if m.startswith(("expert_pipeline", "dagster", "numpy", "pyarrow","multiprocessing", "pydantic", "importlib","encodings","pydoc","symtable"))], file=sys.stderr, flush=True)
 
 
 def _start_forkserver(preload: Sequence[str]) -> None:
-    """Start this process's forkserver (once; preload fixed by the first caller)."""
-    context = multiprocessing.get_context("forkserver")
+    """Start this process's forkserver, or restart it if it died (its preload is the first
+    caller's: one forkserver per process)."""
+    global _preload_set
     with _forkserver_lock:
-        # The forkserver skips a module that fails to import; fail here instead, with its name.
-        missing = [name for name in preload if name != "__main__" and importlib.util.find_spec(name) is None]
-        if missing:
-            raise ModuleNotFoundError(f"ForkedRunLauncher: preload modules not found: {missing}")
-        # `__main__` first: imported once there, so no forked child runs the launching script again.
-        context.set_forkserver_preload(["__main__", *preload])
+        if not _preload_set:
+            # The forkserver skips a module that fails to import; fail here instead, with its name.
+            missing = [name for name in preload if not _importable(name)]
+            if missing:
+                raise ModuleNotFoundError(f"ForkedRunLauncher: preload modules not found: {missing}")
+            # `__main__` too: imported once there, so no forked child runs the launching script again.
+            multiprocessing.get_context("forkserver").set_forkserver_preload(["__main__", *preload])
+            _preload_set = True
         multiprocessing.forkserver.ensure_running()
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def _worker_process(run: DagsterRun) -> psutil.Process | None:
