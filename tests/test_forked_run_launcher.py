@@ -170,16 +170,17 @@ def test_a_recorded_pid_that_is_now_another_process_is_left_alone(instance: dg.D
         stranger.wait()
 
 
-def test_the_default_preload_starts_no_thread_and_no_torch() -> None:
-    """The forkserver forks from whatever importing these left behind: no Python thread may run
-    there (its locks would be copied held), and torch would cost every run ~500 MB."""
+def test_the_configured_preload_starts_no_thread_and_no_torch() -> None:
+    """The forkserver forks from whatever importing dagster.yaml's preload left behind: no Python
+    thread may run there (a fork keeps its locks but not the thread), and torch or lancedb would
+    cost every run hundreds of MB (lancedb also starts a thread at import)."""
     probe = (
-        "import threading, sys\n"
-        "from expert_pipeline.ingest.forked_run_launcher import DEFAULT_PRELOAD\n"
-        "for name in DEFAULT_PRELOAD: __import__(name)\n"
-        "print(threading.active_count(), 'torch' in sys.modules)\n"
+        "import threading, sys, yaml\n"
+        "config = yaml.safe_load(open('dagster.yaml'))['run_launcher']['config']\n"
+        "for name in config['preload_modules']: __import__(name)\n"
+        "print(threading.active_count(), 'torch' in sys.modules, 'lancedb' in sys.modules)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == ["1", "False"], out
+    assert out.stdout.split() == ["1", "False", "False"], out
