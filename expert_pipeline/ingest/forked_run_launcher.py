@@ -11,6 +11,9 @@ Only the process that launches runs (the daemon, with the QueuedRunCoordinator) 
 forkserver, at its first launch: the webserver also builds this launcher (for its Instance page
 and to cancel runs) and must not pay ~200 MB for a forkserver it never uses. Any process can
 cancel a run or check its worker: the worker's pid and start time are run tags.
+
+A run sees the environment the forkserver started with (the launching process's at its first
+launch; the daemon's never changes), and what the preloaded modules read from it then.
 """
 
 from __future__ import annotations
