@@ -150,18 +150,27 @@ def daemon_env() -> dict[str, str]:
     # Small batches so the kill lands mid-embedding. The heartbeat sensor is only the fallback
     # here (the code server sees its run process die), so it keeps a realistic allowance: a new
     # worker importing torch can hold the GIL, and with it the heartbeat, for seconds.
-    return {"DEAD_RUN_AFTER_SECONDS": "30", "EMBEDDING_BATCH_SIZE": "4", "PROGRESS_MIN_WRITE_INTERVAL_SECONDS": "0.1"}
+    # Nothing embedded while reading either: the kill must land in a long embedding stage.
+    return {
+        "DEAD_RUN_AFTER_SECONDS": "30", "EMBEDDING_BATCH_SIZE": "4", "PROGRESS_MIN_WRITE_INTERVAL_SECONDS": "0.1",
+        "EMBED_WHILE_READING": "false",
+    }
 
 
 def _run_worker(home: Path) -> psutil.Process | None:
-    """The process running this test's Dagster run: the code server starts each run in a
-    multiprocessing (spawn) child of its own."""
+    """The process running this test's Dagster run: a fork of the daemon's forkserver
+    (ForkedRunLauncher), whose command line it keeps."""
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if "spawn_main" not in cmdline or "resource_tracker" in cmdline:
+        if "multiprocessing.forkserver" not in cmdline:
             continue
         try:
-            if proc.environ().get("EXPERT_PIPELINE_HOME") == str(home):
+            parent = proc.parent()
+            if (
+                parent is not None
+                and "multiprocessing.forkserver" in " ".join(parent.cmdline())
+                and proc.environ().get("EXPERT_PIPELINE_HOME") == str(home)
+            ):
                 return proc
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

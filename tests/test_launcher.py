@@ -230,7 +230,8 @@ def test_stopping_mid_ingest_stops_everything_and_resumes_on_the_next_start(
     tmp_path: Path, product_factory: list[Product]
 ) -> None:
     home = tmp_path / "home"
-    env = {"EMBEDDING_BATCH_SIZE": "4", "PROGRESS_MIN_WRITE_INTERVAL_SECONDS": "0.1"}
+    # Nothing embedded while reading: the stop must land in a long embedding stage.
+    env = {"EMBEDDING_BATCH_SIZE": "4", "PROGRESS_MIN_WRITE_INTERVAL_SECONDS": "0.1", "EMBED_WHILE_READING": "false"}
     product = Product(home, env, tmp_path / "up.log")
     product_factory.append(product)
     product.start()

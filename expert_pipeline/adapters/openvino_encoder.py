@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from expert_pipeline.adapters.bert_encoder import BertSentenceEncoder
+from expert_pipeline.adapters.openvino_telemetry import decline_unless_chosen
 
 log = logging.getLogger("expert_pipeline.adapters.openvino_encoder")
 
@@ -49,6 +50,7 @@ def _cache_key(model_dir: Path, ov_version: str) -> str:
 
 def converted_model(torch_encoder: BertSentenceEncoder, cache_dir: Path) -> Path:
     """The IR file for `torch_encoder`'s weights, converting and saving it on the first call."""
+    decline_unless_chosen()  # importing openvino would report usage to Google otherwise
     import openvino as ov
     import torch
 
@@ -92,6 +94,7 @@ class OpenVinoSentenceEncoder:
     counts_alongside_encoding = True  # through torch_encoder's own counting tokenizer
 
     def __init__(self, torch_encoder: BertSentenceEncoder, cache_dir: Path, bf16: bool) -> None:
+        decline_unless_chosen()  # importing openvino would report usage to Google otherwise
         import openvino as ov
 
         self._tokens = torch_encoder

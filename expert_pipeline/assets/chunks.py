@@ -33,6 +33,8 @@ from expert_pipeline.resources.progress_reporter import IngestCancelled, IngestF
 from expert_pipeline.text.chunking import chunk_pages
 from expert_pipeline.text.extraction import ExtractionError, PageText
 
+# Small batches ahead: the step ends by waiting for the one in flight, during which the bar rests.
+AHEAD_BATCH = 16
 UNREADABLE_REASON = "could not be read: it is damaged, or uses a format feature we cannot parse"
 
 
@@ -66,7 +68,9 @@ def expert_chunks(
         extractor = stack.enter_context(extraction_worker.reading())
         ahead = (
             stack.enter_context(
-                EmbeddingPrefetch(embedder, catalog.engine, ingest_settings.embedding_batch_size)
+                EmbeddingPrefetch(
+                    embedder, catalog.engine, min(AHEAD_BATCH, ingest_settings.embedding_batch_size)
+                )
             )
             if ingest_settings.embed_while_reading
             else None

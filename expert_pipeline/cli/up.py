@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -71,6 +73,8 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
         ],
     }
     urls = {"status API": f"http://{host}:{settings.status_api_port}/docs"}
+    after_code_server: dict[str, list[str]] = {}
+    code_socket: Path | None = None
     inherited: dict[str, tuple[int, ...]] = {}
     if (
         not api_only
@@ -108,8 +112,26 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
         except InstanceStorageError as exc:
             print(exc, file=sys.stderr, flush=True)
             return 1
-        workspace = str(REPO_ROOT / "workspace.yaml")
-        commands["Dagster UI"] = [
+        # One code server for the webserver and the daemon (each would otherwise start its own,
+        # ~130 MB apiece); they wait for it, the other servers start meanwhile.
+        code_socket = (
+            Path(tempfile.mkdtemp(prefix="expert-pipeline-")) / "code.sock"
+        )  # short: a UDS path <= 107 bytes
+        commands["code server"] = [
+            str(bin_dir / "dagster"),
+            "api",
+            "grpc",
+            "-m",
+            "expert_pipeline.definitions",
+            "-d",
+            str(REPO_ROOT),
+            "--socket",
+            str(code_socket),
+            "--location-name",
+            CODE_LOCATION,
+        ]
+        workspace = str(_shared_workspace(dagster_home, code_socket))
+        after_code_server["Dagster UI"] = [
             str(bin_dir / "dagster-webserver"),
             "-w",
             workspace,
@@ -119,7 +141,7 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
             str(settings.dagster_webserver_port),
         ]
         # Sensors tick every second; their INFO lines go to the log file, not the console.
-        commands["Dagster daemon"] = [str(bin_dir / "dagster-daemon"), "run", "-w", workspace]
+        after_code_server["Dagster daemon"] = [str(bin_dir / "dagster-daemon"), "run", "-w", workspace]
         urls["Dagster UI"] = f"http://127.0.0.1:{settings.dagster_webserver_port}"
         env["DAGSTER_GRAPHQL_URL"] = f"{urls['Dagster UI']}/graphql"  # the API starts runs at upload
         urls["dashboard"] = f"http://{host}:{settings.status_api_port}/dashboard"
@@ -138,8 +160,9 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
     signal.signal(signal.SIGHUP, request_stop)
     logs = settings.expert_pipeline_home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    processes = {
-        name: subprocess.Popen(
+
+    def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
             cmd,
             env=env,
             cwd=REPO_ROOT,
@@ -148,11 +171,24 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
             stderr=subprocess.STDOUT,
             pass_fds=inherited.get(name, ()),
         )
-        for name, cmd in commands.items()
-    }
-    for name, proc in processes.items():
         assert proc.stdout is not None
         relay(name, proc.stdout, logs / f"{name.lower().replace(' ', '-')}.log", verbose)
+        return proc
+
+    processes = {name: start(name, cmd) for name, cmd in commands.items()}
+    if code_socket is not None:
+        if not _serving(code_socket, processes["code server"], stop):
+            stop_all(list(processes.values()))
+            shutil.rmtree(code_socket.parent, ignore_errors=True)
+            if stop.is_set():
+                return 0
+            print(
+                f"the code server did not start (its log: {logs}/code-server.log)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
+        processes.update({name: start(name, cmd) for name, cmd in after_code_server.items()})
     for name, url in urls.items():
         say(f"  {name:17s} {url}")
     say(f"  {'logs':17s} {logs}/ (warnings and errors are shown here too; --verbose shows everything)")
@@ -173,7 +209,32 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
     finally:
         watcher.stop()
         stop_all(list(processes.values()))
+        if code_socket is not None:
+            shutil.rmtree(code_socket.parent, ignore_errors=True)
     return code
+
+
+CODE_LOCATION = "expert_pipeline"  # as workspace.yaml names it
+
+
+def _shared_workspace(dagster_home: Path, code_socket: Path) -> Path:
+    """A workspace pointing the webserver and the daemon at the one code server."""
+    path = dagster_home / "workspace.yaml"
+    path.write_text(
+        f"# Written by `expert-pipeline up`: the code server it started.\n"
+        f"load_from:\n  - grpc_server:\n      socket: {code_socket}\n      location_name: {CODE_LOCATION}\n"
+    )
+    return path
+
+
+def _serving(code_socket: Path, proc: subprocess.Popen[bytes], stop: threading.Event) -> bool:
+    """Whether the code server accepts connections (it binds once the code location has loaded)."""
+    while not stop.is_set() and proc.poll() is None:
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(str(code_socket))
+            return True
+        stop.wait(0.1)
+    return False
 
 
 def _listen(port: int) -> socket.socket:
