@@ -134,6 +134,13 @@ class ForkedRunLauncher(RunLauncher, ConfigurableClass):
     def inst_data(self) -> ConfigurableClassData | None:
         return self._inst_data
 
+    def warm_up(self) -> None:
+        """Start the forkserver now, in the background, so the first run does not wait for its
+        imports (~1.5 s); for the process that will launch runs (see PromptRunCoordinator)."""
+        threading.Thread(
+            target=_start_forkserver, args=(self._preload,), name="forkserver-warm-up", daemon=True
+        ).start()
+
     @classmethod
     def config_type(cls) -> dict[str, Field]:
         return {

@@ -24,10 +24,18 @@ class PromptRunCoordinator(QueuedRunCoordinator):
     ) -> None:
         super().__init__(dequeue_interval_seconds=1, inst_data=inst_data)
         self._prompt_interval = dequeue_interval_seconds
+        self._launcher_warmed = False
 
     @property
     # The daemon sleeps on any number; Dagster's own annotation says int.
     def dequeue_interval_seconds(self) -> float:  # type: ignore[override]
+        # Read only by the daemon, as it starts the loop that launches queued runs: the moment
+        # to have the run launcher ready (a forkserver's imports) before the first upload.
+        if not self._launcher_warmed:
+            self._launcher_warmed = True
+            launcher = self._instance.run_launcher if self.has_instance else None
+            if callable(getattr(launcher, "warm_up", None)):
+                launcher.warm_up()  # type: ignore[union-attr]
         return self._prompt_interval
 
     @classmethod
