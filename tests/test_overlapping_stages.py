@@ -138,21 +138,16 @@ def test_the_embedding_step_takes_from_the_cache_what_was_embedded_while_reading
     assert result.success and _metadata(result, "expert_chunks")["chunks_embedded_ahead"] == 0
 
 
-def test_the_extraction_worker_comes_up_with_the_run_not_with_the_first_file() -> None:
+def test_the_extraction_worker_lives_as_long_as_the_reading_step() -> None:
     before = {child.pid for child in multiprocessing.active_children()}
     worker = ExtractionWorker(timeout_seconds=60, memory_mb=1024)
-    worker.setup_for_execution(dg.build_init_resource_context())
-    try:
-        # No file asked for yet: the worker process starts (and imports its parsers) meanwhile.
+    with worker.reading():
+        # Started as the step begins (pebble's first task), before any file is asked for.
         wait_for(
             "the extraction worker process",
             lambda: any(c.pid not in before for c in multiprocessing.active_children()),
             timeout=30,
         )
-        with worker.reading() as extractor:
-            assert extractor is worker._extractor
-    finally:
-        worker.teardown_after_execution(dg.build_init_resource_context())
     # Done reading, the step stops it: later stages need no idle worker beside them.
     wait_for(
         "the worker to be gone",
