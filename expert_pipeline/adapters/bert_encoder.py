@@ -12,43 +12,18 @@ architecture, another pooling) is left to sentence-transformers (`supports` says
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from tokenizers import Tokenizer
 
-from expert_pipeline.adapters.local_model_files import SpecialTokensCounter, model_files, read_json
+from expert_pipeline.adapters.bert_tokens import BertTokens, supports
+from expert_pipeline.adapters.local_model_files import read_json
 
-TRANSFORMER = "sentence_transformers.models.Transformer"
-POOLING = "sentence_transformers.models.Pooling"
-NORMALIZE = "sentence_transformers.models.Normalize"
-
-
-def supports(model_dir: Path) -> bool:
-    """True for a sentence-transformers folder holding a plain BERT with mean pooling."""
-    try:
-        modules = [m["type"] for m in read_json(model_dir / "modules.json")]
-        config = read_json(model_dir / "config.json")
-        pooling_dir = next(m["path"] for m in read_json(model_dir / "modules.json") if m["type"] == POOLING)
-        pooling = read_json(model_dir / pooling_dir / "config.json")
-    except (OSError, ValueError, KeyError, StopIteration):
-        return False
-    return (
-        modules in ([TRANSFORMER, POOLING, NORMALIZE], [TRANSFORMER, POOLING])
-        and config.get("model_type") == "bert"
-        and config.get("hidden_act") == "gelu"
-        and config.get("position_embedding_type", "absolute") == "absolute"
-        and pooling.get("pooling_mode_mean_tokens") is True
-        and not any(
-            v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens"
-        )
-        and (model_dir / "model.safetensors").is_file()
-        and (model_dir / "tokenizer.json").is_file()
-    )
+__all__ = ["BertSentenceEncoder", "supports"]
 
 
 class BertSentenceEncoder:
@@ -64,53 +39,26 @@ class BertSentenceEncoder:
         if bf16:
             self.backend = "torch-bf16"
         config = read_json(model_dir / "config.json")
-        # Vector size and token limit read as a process without torch reads them (the served embedder).
-        facts = model_files(model_dir)
-        self.hidden = facts.dimensions
+        self.tokens = BertTokens(model_dir)
+        self.hidden = self.tokens.dimensions
         self.heads = int(config["num_attention_heads"])
         self.layers = int(config["num_hidden_layers"])
         self.eps = float(config["layer_norm_eps"])
-        self.max_seq_length = facts.max_seq_length
+        self.max_seq_length = self.tokens.max_seq_length
         self.device = torch.device(device)
         self.weights = load_file(str(model_dir / "model.safetensors"), device=str(self.device))
-        # Two tokenizers, because truncation is a setting of the tokenizer: counting must see
-        # past the limit (the same counter the served embedder uses), encoding must cut at it
-        # (keeping [SEP] at the end, as BERT expects).
-        self._counting = SpecialTokensCounter(facts.tokenizer_file)
-        self._encoding = Tokenizer.from_file(str(facts.tokenizer_file))
-        self._encoding.enable_truncation(max_length=self.max_seq_length)
-        self._encoding.no_padding()
 
     @property
     def dimensions(self) -> int:
         return self.hidden
 
     def count_tokens(self, text: str) -> int:
-        """Tokens including [CLS] and [SEP], as the model would see them before truncation."""
-        return len(self._counting.encode_ordinary(text))
-
-    def batches(
-        self, texts: Sequence[str], batch_size: int
-    ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
-        """(positions in `texts`, token ids, attention mask) per batch, longest texts first, so
-        each batch pads to lengths close to its own. Shared by every backend."""
-        encodings = self._encoding.encode_batch(list(texts), add_special_tokens=True)
-        order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = len(encodings[batch[0]].ids)
-            ids = np.zeros((len(batch), width), dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.bool_)
-            for row, index in enumerate(batch):
-                tokens = encodings[index].ids
-                ids[row, : len(tokens)] = tokens
-                mask[row, : len(tokens)] = True
-            yield batch, ids, mask
+        return self.tokens.count_tokens(text)
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         out = np.empty((len(texts), self.hidden), dtype=np.float32)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            for batch, ids, mask in self.batches(texts, batch_size):
+            for batch, ids, mask in self.tokens.batches(texts, batch_size):
                 vectors = self._forward(
                     torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
                 )

