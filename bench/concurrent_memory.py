@@ -36,14 +36,19 @@ def measure(pdf: bytes, experts: int, **settings: str) -> dict[str, float]:
             for i in range(experts)
         ]
         peak, peak_rss, started = idle, idle_rss, time.monotonic()
+        roles_at_peak = product.pss_by_role_mb()
         while time.monotonic() - started < 600:
-            peak, peak_rss = max(peak, product.pss_mb()), max(peak_rss, product.rss_mb())
+            roles = product.pss_by_role_mb()
+            if sum(roles.values()) > peak:
+                roles_at_peak = roles
+            peak, peak_rss = max(peak, sum(roles.values())), max(peak_rss, product.rss_mb())
             states = [client.get(f"/api/experts/{i}/progress").json()["progress"]["status"] for i in ids]
             if all(s in ("completed", "failed") for s in states):
                 break
             time.sleep(0.2)
         return {"idle_mb": round(idle), "peak_mb": round(peak), "peak_rss_mb": round(peak_rss),
-                "seconds": round(time.monotonic() - started, 1), "completed": states.count("completed")}
+                "seconds": round(time.monotonic() - started, 1), "completed": states.count("completed"),
+                "peak_pss_by_process_mb": {k: round(v) for k, v in sorted(roles_at_peak.items(), key=lambda kv: -kv[1])}}
 
 
 def main() -> None:
@@ -64,6 +69,8 @@ def main() -> None:
     for mode, r in results.items():
         print(f"{mode:45s} {r['idle_mb']:9.0f} {r['peak_mb']:9.0f} {r['peak_rss_mb']:9.0f} {r['seconds']:8.1f} "
               f"{r['completed']:5.0f}")
+    for mode, r in results.items():
+        print(f"at the peak, {mode}: " + ", ".join(f"{k} {v}" for k, v in r["peak_pss_by_process_mb"].items()))
     served = results["embedding server (default)"]["peak_mb"]
     print(f"goal: <= {GOAL_MB} MB in total: {'met' if served <= GOAL_MB else 'NOT met'} ({served:.0f} MB)")
     out = ROOT / "bench" / "results"

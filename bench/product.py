@@ -46,6 +46,15 @@ class RunningProduct:
                 total += proc.memory_info().rss
         return total / 2**20
 
+    def pss_by_role_mb(self) -> dict[str, float]:
+        """Summed PSS per kind of process, named from its command line."""
+        roles: dict[str, float] = {}
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                role = _role(" ".join(proc.cmdline()), proc.pid == self.launcher.pid)
+                roles[role] = roles.get(role, 0.0) + proc.memory_full_info().pss / 2**20
+        return roles
+
     def pss_mb(self) -> float:
         """Summed proportional memory (the kernel's PSS): shared pages divided among the
         processes sharing them, so the sum is what the product really occupies."""
@@ -54,6 +63,25 @@ class RunningProduct:
             with contextlib.suppress(psutil.Error):
                 total += proc.memory_full_info().pss
         return total / 2**20
+
+
+_ROLES = (
+    ("status_api.main", "status API"),
+    ("embedding_server", "embedding server"),
+    ("api grpc", "code server"),
+    ("dagster-webserver", "Dagster UI"),
+    ("dagster-daemon", "Dagster daemon"),
+    ("from multiprocessing.forkserver", "forkserver and runs"),
+    ("resource_tracker", "other"),
+    ("multiprocessing", "extraction workers"),
+    ("tesseract", "OCR"),
+)
+
+
+def _role(cmdline: str, launcher: bool) -> str:
+    if launcher:
+        return "launcher"
+    return next((role for part, role in _ROLES if part in cmdline), "other")
 
 
 def wait_ready(url: str, timeout: float = 180) -> None:

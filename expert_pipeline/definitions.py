@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from expert_pipeline.adapters.factory import check_parts, log_parts
+from expert_pipeline.adapters.factory import check_parts
+from expert_pipeline.adapters.parts_description import log_parts
 from expert_pipeline.assets import INGEST_ASSETS
 from expert_pipeline.automation.definitions import automation_definitions
 from expert_pipeline.core.settings import Settings, get_settings

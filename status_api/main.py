@@ -13,7 +13,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from expert_pipeline.adapters.factory import build_chat_provider, check_parts, log_parts
+from expert_pipeline.adapters.factory import build_chat_provider, check_parts
+from expert_pipeline.adapters.parts_description import log_parts
 from expert_pipeline.core.auth import any_tokens
 from expert_pipeline.core.db import engine_for, migrate
 from expert_pipeline.core.settings import Settings, get_settings

@@ -18,6 +18,7 @@ from expert_pipeline.core.db import engine_for
 from expert_pipeline.core.models import ExpertProcessingProgress, utcnow
 from expert_pipeline.core.progress_service import ExpertProcessingProgressService, RunNotWanted
 from expert_pipeline.core.settings import Settings
+from expert_pipeline.ingest.progress_plan import RateEstimator
 from expert_pipeline.adapters.factory import build_vector_store
 from expert_pipeline.adapters.embedder import LocalEmbedder
 from tests.fixture_documents import make_pdf, sample_paragraphs
@@ -197,6 +198,18 @@ def test_eta_appears_and_reaches_zero(small_batches: Settings, instance: dg.Dags
     assert embedding_etas and all(eta >= 0 for eta in embedding_etas)
     record = _record(small_batches, expert_id)
     assert record.eta_seconds == 0.0 and (record.chunks_per_second or 0) > 0
+
+
+def test_chunks_found_in_the_cache_do_not_make_the_eta_promise_seconds() -> None:
+    # Chunks embedded while reading (or by an earlier run) come back at once; the rate, and the
+    # ETA of the chunks still to embed, count only time spent embedding.
+    rate = RateEstimator()
+    rate.observe(0.0, 0)
+    rate.pause(0.2)  # 120 chunks from the cache in 0.2 s
+    for second in range(1, 5):
+        rate.observe(0.2 + second, 10 * second)  # then 10 chunks a second
+    assert rate.rate == pytest.approx(10.0)
+    assert rate.eta(50) == pytest.approx(5.0)
 
 
 def test_stalled_and_queue_position_are_visible(settings: Settings, http: httpx.Client) -> None:

@@ -193,7 +193,8 @@ def test_a_drifting_backend_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 def test_the_setting_reaches_the_embedder_and_the_parts_description(monkeypatch: pytest.MonkeyPatch) -> None:
-    from expert_pipeline.adapters.factory import build_embedder, describe_parts
+    from expert_pipeline.adapters.factory import build_embedder
+    from expert_pipeline.adapters.parts_description import describe_parts
     from expert_pipeline.resources.parts import LocalEmbedderResource
 
     monkeypatch.setenv("EMBEDDING_BACKEND", "torch-fp32")

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from expert_pipeline.adapters.embedder import planned_backend
 from expert_pipeline.core.settings import Settings, normalize_database_url
 from expert_pipeline.cli.instance_storage import prepare_instance
 from expert_pipeline.cli.up import REPO_ROOT, instance_config
@@ -247,13 +248,19 @@ def test_stopping_mid_ingest_stops_everything_and_resumes_on_the_next_start(
         interval=0.2,
     )
     # One model per machine: the run worker (forked from the daemon's forkserver, whose command
-    # line it keeps) embeds through the embedding server, which alone has torch loaded; and the
-    # status API submitted the run at upload.
+    # line it keeps) embeds through the embedding server; where OpenVINO runs the model, torch is
+    # in no process at all (the conversion ran once, in a child). The launcher, alive as long as
+    # the product, holds neither Dagster (gRPC) nor the adapters (Arrow): a child prepared storage.
     workers = product.libraries_of("multiprocessing.forkserver")
     assert workers and not any(any(lib.startswith("libtorch") for lib in libs) for libs in workers), workers
-    assert any(
-        any(lib.startswith("libtorch") for lib in libs) for libs in product.libraries_of("embedding_server")
-    )
+    (server,) = product.libraries_of("embedding_server")
+    if planned_backend().startswith("openvino"):
+        assert any(lib.startswith("libopenvino") for lib in server), server
+        assert not any(lib.startswith("libtorch") for lib in server), server
+    else:
+        assert any(lib.startswith("libtorch") for lib in server), server
+    (launcher,) = product.libraries_of("expert-pipeline up")
+    assert not any(lib.startswith(("libarrow", "cygrpc", "libtorch")) for lib in launcher), launcher
     assert [run.get("expert_pipeline/launched_by") for run in product.runs_of(expert_id)] == ["status API"]
     assert product.stop_group() == 0, product.log()
     assert product.leftovers() == [], product.log()

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from expert_pipeline.chat.openai_chat import OpenAIChat
 from expert_pipeline.core.settings import Settings
-from expert_pipeline.adapters.factory import PartsMisconfigured, build_vector_store, check_parts, describe_parts
+from expert_pipeline.adapters.factory import PartsMisconfigured, build_vector_store, check_parts
+from expert_pipeline.adapters.parts_description import describe_parts
 from status_api.main import create_app
 from tests.conftest import LiveServer
 from tests.fixture_documents import make_pdf, sample_paragraphs

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from expert_pipeline.adapters.bert_tokens import BertTokens, supports
-from expert_pipeline.adapters.local_model_files import read_json
+from expert_pipeline.adapters.bert_tokens import BertTokens
+from expert_pipeline.adapters.local_model_files import read_json, supports
 
 __all__ = ["BertSentenceEncoder", "supports"]
 

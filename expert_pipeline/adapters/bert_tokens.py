@@ -13,34 +13,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from expert_pipeline.adapters.local_model_files import SpecialTokensCounter, model_files, read_json
-
-TRANSFORMER = "sentence_transformers.models.Transformer"
-POOLING = "sentence_transformers.models.Pooling"
-NORMALIZE = "sentence_transformers.models.Normalize"
-
-
-def supports(model_dir: Path) -> bool:
-    """True for a sentence-transformers folder holding a plain BERT with mean pooling."""
-    try:
-        modules = [m["type"] for m in read_json(model_dir / "modules.json")]
-        config = read_json(model_dir / "config.json")
-        pooling_dir = next(m["path"] for m in read_json(model_dir / "modules.json") if m["type"] == POOLING)
-        pooling = read_json(model_dir / pooling_dir / "config.json")
-    except (OSError, ValueError, KeyError, StopIteration):
-        return False
-    return (
-        modules in ([TRANSFORMER, POOLING, NORMALIZE], [TRANSFORMER, POOLING])
-        and config.get("model_type") == "bert"
-        and config.get("hidden_act") == "gelu"
-        and config.get("position_embedding_type", "absolute") == "absolute"
-        and pooling.get("pooling_mode_mean_tokens") is True
-        and not any(
-            v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens"
-        )
-        and (model_dir / "model.safetensors").is_file()
-        and (model_dir / "tokenizer.json").is_file()
-    )
+from expert_pipeline.adapters.local_model_files import SpecialTokensCounter, model_files
 
 
 class BertTokens:

@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 import numpy as np
 from pydantic import BaseModel, PrivateAttr
 
-from expert_pipeline.adapters.bert_tokens import supports
 from expert_pipeline.adapters.encoder_probe import PROBE_TEXTS, refuse_if_drifting
-from expert_pipeline.adapters.local_model_files import LOCAL_MODEL_NAME, bundled_model_dir
+from expert_pipeline.adapters.local_model_files import LOCAL_MODEL_NAME, bundled_model_dir, supports
 from expert_pipeline.core.ports import Embedder
 
 __all__ = ["LOCAL_MODEL_NAME", "Embedder", "LocalEmbedder", "SentenceEncoder"]
@@ -295,12 +294,18 @@ class LocalEmbedder(BaseModel):
     # Where converted models are kept (None: default_model_cache_dir()).
     model_cache_dir: str | None = None
     _run_logs: list[Any] = PrivateAttr(default_factory=list)
+    _path: str | None = PrivateAttr(default=None)
 
     def _resolved_path(self) -> str:
-        if self.model_path is None:
-            return str(bundled_model_dir())
-        # Resolved so that two spellings of one directory share one cached model.
-        return str(Path(self.model_path).expanduser().resolve())
+        # Resolved once: chunking counts tokens thousands of times per document through here.
+        if self._path is None:
+            # Resolved so that two spellings of one directory share one cached model.
+            self._path = str(
+                bundled_model_dir()
+                if self.model_path is None
+                else Path(self.model_path).expanduser().resolve()
+            )
+        return self._path
 
     def _loaded(self) -> _LoadedModel:
         return _cached_model(self._resolved_path(), self.device, self.backend, self.model_cache_dir)[0]

@@ -1,6 +1,7 @@
 """Facts about the bundled sentence model read from its files alone (no torch): where it is, its
-tokenizer, its vector size and its token limit. A process that only talks to the embedding
-server (a Dagster run, the status API) needs these to size chunks, not the model itself."""
+tokenizer, its vector size, its token limit and whether it is a plain BERT the fast backends run.
+A process that only talks to the embedding server (a Dagster run, the status API) needs these to
+size chunks, not the model itself."""
 
 from __future__ import annotations
 
@@ -46,6 +47,34 @@ def model_files(directory: Path | None = None) -> ModelFiles:
         directory=directory,
         dimensions=int(config["hidden_size"]),
         max_seq_length=int(limit or config["max_position_embeddings"]),
+    )
+
+
+TRANSFORMER = "sentence_transformers.models.Transformer"
+POOLING = "sentence_transformers.models.Pooling"
+NORMALIZE = "sentence_transformers.models.Normalize"
+
+
+def supports(model_dir: Path) -> bool:
+    """True for a sentence-transformers folder holding a plain BERT with mean pooling."""
+    try:
+        modules = [m["type"] for m in read_json(model_dir / "modules.json")]
+        config = read_json(model_dir / "config.json")
+        pooling_dir = next(m["path"] for m in read_json(model_dir / "modules.json") if m["type"] == POOLING)
+        pooling = read_json(model_dir / pooling_dir / "config.json")
+    except (OSError, ValueError, KeyError, StopIteration):
+        return False
+    return (
+        modules in ([TRANSFORMER, POOLING, NORMALIZE], [TRANSFORMER, POOLING])
+        and config.get("model_type") == "bert"
+        and config.get("hidden_act") == "gelu"
+        and config.get("position_embedding_type", "absolute") == "absolute"
+        and pooling.get("pooling_mode_mean_tokens") is True
+        and not any(
+            v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens"
+        )
+        and (model_dir / "model.safetensors").is_file()
+        and (model_dir / "tokenizer.json").is_file()
     )
 
 

@@ -98,7 +98,13 @@ def expert_embeddings(
                 run.work.append_embeddings(item.id, vectors.array)
                 batch += 1
                 done += len(texts)
-                rate.observe(time.monotonic(), done)
+                # The rate counts embedded chunks only: those embedded ahead while reading (or by
+                # an earlier run) come first and at once, and would make the ETA promise seconds
+                # for the chunks still to be embedded.
+                if vectors.fresh:
+                    rate.observe(time.monotonic(), done - from_cache)
+                else:
+                    rate.pause(time.monotonic())
                 run.progress.update(
                     overall_percentage(Stage.EMBEDDING, done, total_chunks),
                     current_file=item.filename,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import signal
@@ -16,10 +15,8 @@ from pathlib import Path
 
 import psutil
 
-from expert_pipeline.adapters.factory import describe_parts
+from expert_pipeline.adapters.parts_description import describe_parts
 from expert_pipeline.cli.console import ExpertWatcher, relay, say
-from expert_pipeline.cli.instance_storage import InstanceStorageError, prepare_instance
-from expert_pipeline.core.db import migrate
 from expert_pipeline.core.settings import get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,9 +51,24 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
     settings.ensure_dirs()
     for role, part in describe_parts(settings).items():
         say(f"  {role:17s} {part}")
-    migrate(settings.resolved_database_url)
-    host = api_host(settings.status_api_host, settings.resolved_database_url)
     env = {**os.environ, "EXPERT_PIPELINE_HOME": str(settings.expert_pipeline_home)}
+    dagster_home = settings.dagster_home
+    if not api_only:
+        dagster_home.mkdir(parents=True, exist_ok=True)
+        if settings.resolved_dagster_pg_url:
+            # Every URL form the README accepts, spelled the way dagster-postgres needs it.
+            env["DAGSTER_PG_URL"] = settings.resolved_dagster_pg_url
+        _install_instance_config(dagster_home, use_postgres=bool(env.get("DAGSTER_PG_URL")))
+        env["DAGSTER_HOME"] = str(dagster_home)
+    prepare = [
+        sys.executable,
+        "-m",
+        "expert_pipeline.cli.prepare",
+        *([] if api_only else [str(dagster_home)]),
+    ]
+    if subprocess.run(prepare, env=env, check=False).returncode != 0:
+        return 1
+    host = api_host(settings.status_api_host, settings.resolved_database_url)
     bin_dir = Path(sys.executable).parent
     commands: dict[str, list[str]] = {
         "status API": [
@@ -98,20 +110,6 @@ def run_servers(api_only: bool = False, verbose: bool = False) -> int:
         inherited["embedding server"] = (listener.fileno(),)
         urls["embedding server"] = f"{env['EMBEDDING_SERVER_URL']}/embeddings"
     if not api_only:
-        dagster_home = settings.dagster_home
-        dagster_home.mkdir(parents=True, exist_ok=True)
-        if settings.resolved_dagster_pg_url:
-            # Every URL form the README accepts, spelled the way dagster-postgres needs it.
-            os.environ["DAGSTER_PG_URL"] = env["DAGSTER_PG_URL"] = settings.resolved_dagster_pg_url
-        _install_instance_config(dagster_home)
-        os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"] = str(dagster_home)
-        try:
-            # Dagster prints its own storage upgrade steps; only our repair notes reach the console.
-            with contextlib.redirect_stdout(io.StringIO()):
-                prepare_instance(dagster_home, say=lambda line: print(line, file=sys.__stdout__, flush=True))
-        except InstanceStorageError as exc:
-            print(exc, file=sys.stderr, flush=True)
-            return 1
         # One code server for the webserver and the daemon (each would otherwise start its own,
         # ~130 MB apiece); they wait for it, the other servers start meanwhile.
         code_socket = (
@@ -290,9 +288,9 @@ def instance_config(use_postgres: bool) -> str:
     return text + POSTGRES_STORAGE if use_postgres else text
 
 
-def _install_instance_config(dagster_home: Path) -> None:
+def _install_instance_config(dagster_home: Path, use_postgres: bool) -> None:
     """Dagster reads dagster.yaml from DAGSTER_HOME; the repo's copy stays authoritative."""
     target = dagster_home / "dagster.yaml"
-    wanted = instance_config(bool(os.environ.get("DAGSTER_PG_URL")))
+    wanted = instance_config(use_postgres)
     if not target.exists() or target.read_text() != wanted:
         target.write_text(wanted)

@@ -51,6 +51,12 @@ class RateEstimator:
         self._last = (now, done)
         self.batches += 1
 
+    def pause(self, now: float) -> None:
+        """Time up to `now` was not spent on this work (chunks found in the cache): the next
+        observation measures from here."""
+        if self._last is not None:
+            self._last = (now, self._last[1])
+
     def eta(self, remaining: int) -> float | None:
         if self.rate is None or self._start is None or self._last is None:
             return None
