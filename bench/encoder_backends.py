@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 
 from expert_pipeline.adapters import embedder as embedder_module
-from expert_pipeline.adapters.embedder import LocalEmbedder, clear_model_cache, cpu_has_bf16
+from expert_pipeline.adapters.embedder import LocalEmbedder, clear_model_cache
+from expert_pipeline.adapters.encoder_choice import cpu_has_bf16, planned_backend
 from tests.test_encoder_backends import real_chunks
 
 GOAL_SPEEDUP = 2.2
@@ -86,7 +87,7 @@ def main() -> None:
         tokens = [reference.count_tokens(t) for t in chunks]
         print(
             f"{len(chunks)} real chunks, {min(tokens)}-{max(tokens)} tokens (median {int(np.median(tokens))}); "
-            f"CPU bf16: {cpu_has_bf16()}; auto picks {embedder_module.planned_backend('auto')}",
+            f"CPU bf16: {cpu_has_bf16()}; auto picks {planned_backend('auto')}",
             flush=True,
         )
 

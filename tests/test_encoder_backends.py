@@ -12,12 +12,9 @@ import numpy as np
 import pytest
 
 from expert_pipeline.adapters import embedder as embedder_module
-from expert_pipeline.adapters.embedder import (
-    LocalEmbedder,
-    clear_model_cache,
-    cpu_has_bf16,
-    openvino_installed,
-)
+from expert_pipeline.adapters import encoder_choice
+from expert_pipeline.adapters.embedder import LocalEmbedder, clear_model_cache
+from expert_pipeline.adapters.encoder_choice import cpu_has_bf16, openvino_installed
 from expert_pipeline.core.settings import Settings
 from expert_pipeline.text.chunking import chunk_pages
 from expert_pipeline.text.pages import PageText
@@ -130,7 +127,7 @@ def test_a_failing_openvino_conversion_ends_on_fp32_with_the_reason(
 
     monkeypatch.setattr(openvino_encoder, "converted_model", broken)
     # Without bf16, auto has nothing between OpenVINO and fp32.
-    monkeypatch.setattr(embedder_module, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(encoder_choice, "cpu_has_bf16", lambda: False)
     clear_model_cache()
     try:
         for backend in ("openvino", "auto"):
@@ -152,8 +149,8 @@ def test_a_failing_openvino_conversion_ends_on_fp32_with_the_reason(
 
 
 def test_a_backend_the_machine_lacks_ends_on_fp32(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(embedder_module, "cpu_has_bf16", lambda: False)
-    monkeypatch.setattr(embedder_module, "openvino_installed", lambda: False)
+    monkeypatch.setattr(encoder_choice, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(encoder_choice, "openvino_installed", lambda: False)
     clear_model_cache()
     try:
         for backend, words in (("torch-bf16", "no bf16"), ("openvino", "not installed")):
@@ -163,7 +160,7 @@ def test_a_backend_the_machine_lacks_ends_on_fp32(monkeypatch: pytest.MonkeyPatc
             assert len(embedder.embed(["still works"])[0]) == 384
         auto = LocalEmbedder(backend="auto", model_cache_dir=str(tmp_path))
         assert auto.backend_in_use == "torch-fp32"
-        assert embedder_module.planned_backend("auto") == "torch-fp32"
+        assert encoder_choice.planned_backend("auto") == "torch-fp32"
     finally:
         clear_model_cache()
 
@@ -182,7 +179,7 @@ def test_a_drifting_backend_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path
         return vectors
 
     monkeypatch.setattr(bert_encoder.BertSentenceEncoder, "encode", noisy)
-    monkeypatch.setattr(embedder_module, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(encoder_choice, "cpu_has_bf16", lambda: True)
     clear_model_cache()
     try:
         embedder = LocalEmbedder(backend="torch-bf16", model_cache_dir=str(tmp_path))

@@ -170,17 +170,29 @@ def test_a_recorded_pid_that_is_now_another_process_is_left_alone(instance: dg.D
         stranger.wait()
 
 
-def test_the_configured_preload_starts_no_thread_and_no_torch() -> None:
-    """The forkserver forks from whatever importing dagster.yaml's preload left behind: no Python
-    thread may run there (a fork keeps its locks but not the thread), and torch or lancedb would
-    cost every run hundreds of MB (lancedb also starts a thread at import)."""
+def test_the_configured_preload_leaves_no_thread_but_lancedbs_and_no_torch(tmp_path: Path) -> None:
+    """The forkserver forks from whatever importing dagster.yaml's preload left behind: a fork keeps
+    a thread's locks but not the thread, so the only thread allowed is LanceDB's idle event loop,
+    which LanceDB restarts in each child (its at-fork hooks); torch would cost every run hundreds
+    of MB. A child forked from there really uses LanceDB (writes and reads a table)."""
     probe = (
-        "import threading, sys, yaml\n"
+        "import os, sys, threading, yaml\n"
         "config = yaml.safe_load(open('dagster.yaml'))['run_launcher']['config']\n"
         "for name in config['preload_modules']: __import__(name)\n"
-        "print(threading.active_count(), 'torch' in sys.modules, 'lancedb' in sys.modules)\n"
+        "from lancedb.background_loop import LOOP\n"
+        "others = [t for t in threading.enumerate() if t is not threading.main_thread()]\n"
+        "print(others == [LOOP.thread], 'torch' in sys.modules)\n"
+        "sys.stdout.flush()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    import lancedb, pyarrow as pa\n"
+        f"    table = lancedb.connect({str(tmp_path)!r}).create_table('t', pa.table({{'v': [1, 2, 3]}}))\n"
+        "    print('child rows', table.count_rows(), flush=True)\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-W", "error::RuntimeWarning", "-c", probe],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=120,
     )
-    assert out.stdout.split() == ["1", "False", "False"], out
+    assert out.stdout.split() == ["True", "False", "child", "rows", "3"], out

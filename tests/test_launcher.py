@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from expert_pipeline.adapters.embedder import planned_backend
+from expert_pipeline.adapters.encoder_choice import planned_backend
 from expert_pipeline.core.settings import Settings, normalize_database_url
 from expert_pipeline.cli.instance_storage import prepare_instance
 from expert_pipeline.cli.up import REPO_ROOT, instance_config

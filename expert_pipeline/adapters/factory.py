@@ -8,9 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from expert_pipeline.adapters.embedder import LocalEmbedder
 from expert_pipeline.adapters.file_storage import LocalFileStorage
-from expert_pipeline.adapters.vector_store import LanceDBVectorStore
 from expert_pipeline.core.ports import Embedder, FileStorage, VectorStore
 from expert_pipeline.core.settings import Settings
 
@@ -48,6 +46,8 @@ def build_embedder(settings: Settings) -> Embedder:
         from expert_pipeline.adapters.served_embedder import served_local_embedder
 
         return served_local_embedder(settings.embedding_server_url)
+    from expert_pipeline.adapters.embedder import LocalEmbedder
+
     return LocalEmbedder(backend=settings.embedding_backend)
 
 
@@ -59,6 +59,8 @@ def build_vector_store(settings: Settings) -> VectorStore:
             api_key=settings.pinecone_api_key or "",
             index_host=settings.pinecone_index_host or "",
         )
+    from expert_pipeline.adapters.vector_store import LanceDBVectorStore
+
     return LanceDBVectorStore(uri=str(settings.vectors_dir))
 
 
@@ -80,11 +82,15 @@ def build_chat_provider(settings: Settings) -> Any:
 def check_parts(settings: Settings) -> None:
     """Fail at startup, with every problem named, if a selected part is half-configured."""
     problems: list[str] = []
-    for role, build in (
-        ("file storage", build_file_storage),
-        ("embeddings", build_embedder),
-        ("vector store", build_vector_store),
+    # Only the hosted parts have settings to miss; the embedded defaults are not even imported,
+    # so a process that never uses one (the status API, for LanceDB) does not hold it.
+    for role, build, hosted in (
+        ("file storage", build_file_storage, settings.file_storage == "s3"),
+        ("embeddings", build_embedder, settings.embedding_provider == "openai"),
+        ("vector store", build_vector_store, settings.vector_store == "pinecone"),
     ):
+        if not hosted:
+            continue
         part = build(settings)
         check = getattr(part, "check_configuration", None)
         if check is not None:

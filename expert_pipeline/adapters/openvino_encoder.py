@@ -33,8 +33,11 @@ from expert_pipeline.adapters.openvino_telemetry import decline_unless_chosen
 log = logging.getLogger("expert_pipeline.adapters.openvino_encoder")
 
 # Bump when the converted graph or what is kept beside it changes, so stale files are not reused.
-GRAPH_VERSION = "2"
+GRAPH_VERSION = "3"
 REFERENCE_FILE = "probe-fp32.npy"
+# bf16 inference reads weights kept in fp16 (bf16 keeps fewer mantissa bits than fp16 anyway):
+# half the bytes to load, and ~90 MB less in the serving process than compiling from fp32.
+HALF_PRECISION_XML = "model-fp16.xml"
 CONVERSION_TIMEOUT_SECONDS = 600
 
 
@@ -64,7 +67,8 @@ def _target(model_dir: Path, cache_dir: Path) -> Path:
 
 
 def _complete(target: Path) -> bool:
-    return all((target / name).is_file() for name in ("model.xml", "model.bin", REFERENCE_FILE))
+    names = ("model.xml", "model.bin", HALF_PRECISION_XML, "model-fp16.bin", REFERENCE_FILE)
+    return all((target / name).is_file() for name in names)
 
 
 def convert(model_dir: Path, cache_dir: Path) -> Path:
@@ -92,6 +96,7 @@ def convert(model_dir: Path, cache_dir: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=cache_dir))
     try:
         ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=False)
+        ov.save_model(model, str(staging / HALF_PRECISION_XML), compress_to_fp16=True)
         np.save(staging / REFERENCE_FILE, reference.encode(PROBE_TEXTS))
         (staging / "source.json").write_text(
             json.dumps({"model_dir": str(model_dir), "openvino": ov.__version__})
@@ -147,12 +152,13 @@ class OpenVinoSentenceEncoder:
         self.backend = "openvino-bf16" if bf16 else "openvino-fp32"
         xml = converted_model(model_dir, cache_dir)
         self.reference_vectors = np.load(xml.parent / REFERENCE_FILE)
-        core = ov.Core()
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
             "PERFORMANCE_HINT": "LATENCY",
         }
-        self._compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
+        # Compiled from the file, so no copy of the graph's weights outlives the compilation.
+        weights = xml.with_name(HALF_PRECISION_XML) if bf16 else xml
+        self._compiled = ov.Core().compile_model(str(weights), "CPU", config)
         self._request = self._compiled.create_infer_request()
 
     @property

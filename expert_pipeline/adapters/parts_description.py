@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from expert_pipeline.adapters.embedder import planned_backend
+from expert_pipeline.adapters.encoder_choice import planned_backend
 from expert_pipeline.core.settings import Settings
 
 log = logging.getLogger("expert_pipeline.adapters.factory")

@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterable, Iterator
 
 import dagster as dg
 
-from expert_pipeline.adapters.embedder import Embedder
 from expert_pipeline.adapters.service_trouble import TroubleEpisodes
 from expert_pipeline.assets.context import StageRun, stage_run
 from expert_pipeline.assets.files import expert_files
 from expert_pipeline.core.models import FileStatus, Stage
+from expert_pipeline.core.ports import Embedder
 from expert_pipeline.core.progress_service import OPERATOR_DETAIL
 from expert_pipeline.ingest.embedding_prefetch import PROVIDER_TROUBLE_NOTE, EmbeddingPrefetch
 from expert_pipeline.ingest.progress_plan import RateEstimator, ocr_eta, overall_percentage

@@ -6,12 +6,12 @@ import time
 
 import dagster as dg
 
-from expert_pipeline.adapters.embedder import Embedder
 from expert_pipeline.adapters.service_trouble import ServiceUnavailable, TroubleEpisodes
 from expert_pipeline.assets.chunks import expert_chunks
 from expert_pipeline.assets.context import stage_run
 from expert_pipeline.core.embedding_cache import EmbeddingCache, embed_with_cache
 from expert_pipeline.core.models import FileStatus, Stage
+from expert_pipeline.core.ports import Embedder
 from expert_pipeline.ingest.embedding_prefetch import PROVIDER_TROUBLE_NOTE
 from expert_pipeline.ingest.progress_plan import RateEstimator, overall_percentage
 from expert_pipeline.partitions import experts

@@ -2,11 +2,10 @@
 
 import dagster as dg
 
-from expert_pipeline.adapters.embedder import Embedder
-from expert_pipeline.adapters.vector_store import VectorRecord, VectorStore, vector_id
 from expert_pipeline.assets.context import stage_run
 from expert_pipeline.assets.embeddings import expert_embeddings
 from expert_pipeline.core.models import FileStatus, Stage
+from expert_pipeline.core.ports import Embedder, VectorRecord, VectorStore, vector_id
 from expert_pipeline.core.progress_public import stage_label
 from expert_pipeline.ingest.progress_plan import overall_percentage
 from expert_pipeline.partitions import experts

@@ -21,9 +21,9 @@ from pathlib import Path
 import dagster as dg
 
 from expert_pipeline.adapters.file_storage import FileStorage
-from expert_pipeline.adapters.vector_store import VectorStore
 from expert_pipeline.core.experts_service import expert_prefix
 from expert_pipeline.core.models import utcnow
+from expert_pipeline.core.ports import VectorStore
 from expert_pipeline.ingest.work_area import ExpertWorkArea
 from expert_pipeline.partitions import EXPERTS
 from expert_pipeline.resources.expert_catalog import ExpertCatalog

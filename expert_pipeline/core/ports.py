@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, Protocol
+from urllib.parse import quote
 
 # -- file storage ------------------------------------------------------------------------------
 
@@ -85,6 +86,21 @@ class Embedder(Protocol):
 # -- vector store ------------------------------------------------------------------------------
 
 MetadataValue = str | int | float
+
+
+def vector_id(expert_id: str, file_id: str, chunk_index: int) -> str:
+    """The id of a chunk's vector: the same inputs always give the same id.
+
+    Readable and prefix-ordered ("<expert>:<file>:<chunk>") so every vector of one file can be
+    found by id prefix (Pinecone can list ids by prefix but cannot delete by metadata on
+    serverless indexes). The parts are percent-encoded, which escapes ":" and "%", so
+    different inputs can never produce the same id and the id is plain ASCII.
+    """
+    if isinstance(chunk_index, bool) or not isinstance(chunk_index, int) or chunk_index < 0:
+        raise ValueError(f"chunk_index must be a non-negative integer, not {chunk_index!r}")
+    if not expert_id or not file_id:
+        raise ValueError("expert_id and file_id must not be empty")
+    return f"{quote(expert_id, safe='')}:{quote(file_id, safe='')}:{chunk_index}"
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from expert_pipeline.adapters.embedder import LocalEmbedder
 from expert_pipeline.adapters.file_storage import LocalFileStorage
-from expert_pipeline.adapters.vector_store import LanceDBVectorStore
 from expert_pipeline.core.ports import Embedder, FileStorage, VectorStore
 from expert_pipeline.core.settings import Settings
 from expert_pipeline.resources.expert_catalog import ExpertCatalog
@@ -57,6 +55,8 @@ class LocalEmbedderResource(dg.ConfigurableResource):
     backend: str = "auto"  # EMBEDDING_BACKEND
 
     def create_resource(self, context: dg.InitResourceContext) -> Embedder:
+        from expert_pipeline.adapters.embedder import LocalEmbedder  # numpy: not for the code server
+
         embedder = LocalEmbedder(backend=self.backend)  # type: ignore[arg-type]  # validated by Settings
         if context.log is not None:
             embedder.log_to(context.log)  # the run's log says which backend runs, at warm-up
@@ -109,6 +109,8 @@ class LanceDBVectorStoreResource(dg.ConfigurableResource):
     uri: str
 
     def create_resource(self, context: dg.InitResourceContext) -> VectorStore:
+        from expert_pipeline.adapters.vector_store import LanceDBVectorStore  # Arrow: not for the code server
+
         store = LanceDBVectorStore(uri=self.uri)
         store.connect_soon()  # ready by the storage stage rather than the first thing it does
         return store
