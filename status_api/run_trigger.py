@@ -23,17 +23,17 @@ log = logging.getLogger("status_api.run_trigger")
 LOCATION_NAME = "expert_pipeline"  # workspace.yaml
 REPOSITORY_NAME = "__repository__"  # what Dagster names the repository of a Definitions object
 
-ADD_PARTITION = """
-mutation AddPartition($selector: RepositorySelector!, $name: String!, $key: String!) {
+# One request: GraphQL runs a document's mutations in order, so the partition exists before the
+# run is launched for it.
+SUBMIT_RUN = """
+mutation SubmitRun(
+  $selector: RepositorySelector!, $name: String!, $key: String!, $executionParams: ExecutionParams!
+) {
   addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
     __typename
     ... on PythonError { message }
     ... on UnauthorizedError { message }
   }
-}"""
-
-LAUNCH_RUN = """
-mutation LaunchRun($executionParams: ExecutionParams!) {
   launchRun(executionParams: $executionParams) {
     __typename
     ... on LaunchRunSuccess { run { runId } }
@@ -50,7 +50,7 @@ class RunTrigger:
     def __init__(self, graphql_url: str, engine: Engine, timeout_seconds: float = 10.0) -> None:
         self.graphql_url = graphql_url
         self._engine = engine
-        self._timeout = timeout_seconds
+        self._http = httpx.Client(timeout=timeout_seconds)  # one connection kept, not one per upload
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="run-trigger")
 
     def request(self, expert_id: str) -> None:
@@ -58,6 +58,7 @@ class RunTrigger:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
 
     def _launch_quietly(self, expert_id: str) -> None:
         try:
@@ -79,27 +80,26 @@ class RunTrigger:
                 return None
             tags = run_tags(record, launched_by="status API")
         selector = {"repositoryLocationName": LOCATION_NAME, "repositoryName": REPOSITORY_NAME}
-        added = self._call(
-            ADD_PARTITION, {"selector": selector, "name": EXPERTS_PARTITIONS, "key": expert_id}
-        )
-        kind = added["addDynamicPartition"]["__typename"]
-        if kind not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
-            raise ValueError(f"adding the partition: {kind}: {added['addDynamicPartition'].get('message')}")
         params = {
             "selector": {**selector, "jobName": INGEST_JOB_NAME},
             "executionMetadata": {
                 "tags": [{"key": k, "value": v} for k, v in {**tags, "dagster/partition": expert_id}.items()]
             },
         }
-        launched = self._call(LAUNCH_RUN, {"executionParams": params})["launchRun"]
+        answer = self._call(
+            SUBMIT_RUN,
+            {"selector": selector, "name": EXPERTS_PARTITIONS, "key": expert_id, "executionParams": params},
+        )
+        kind = answer["addDynamicPartition"]["__typename"]
+        if kind not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
+            raise ValueError(f"adding the partition: {kind}: {answer['addDynamicPartition'].get('message')}")
+        launched = answer["launchRun"]
         if launched["__typename"] != "LaunchRunSuccess":
             raise ValueError(f"launching the run: {launched['__typename']}: {launched.get('message')}")
         return str(launched["run"]["runId"])
 
     def _call(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-        answer = httpx.post(
-            self.graphql_url, json={"query": query, "variables": variables}, timeout=self._timeout
-        )
+        answer = self._http.post(self.graphql_url, json={"query": query, "variables": variables})
         answer.raise_for_status()
         body = answer.json()
         if body.get("errors"):

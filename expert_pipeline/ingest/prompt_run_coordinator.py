@@ -1,21 +1,40 @@
-"""Dagster's queued run coordinator, checking its queue about twice a second.
+"""Dagster's queued run coordinator, looking at its queue five times a second.
 
 A queued run waits for the daemon's next look at the queue. Dagster takes the interval in whole
 seconds and its daemon loop sleeps in half-second steps, so a 1 s setting means a run waits 0.5
 to 1.5 s before it starts: most of the second between an upload and the expert's bar moving.
-This subclass accepts a fraction (`dequeue_interval_seconds: 0.5`), so the wait is 0 to 0.5 s;
-everything else (the queue, `concurrency.runs` limits, pools) is Dagster's own. Each look is
-one query of the run storage.
+This subclass accepts a fraction (`dequeue_interval_seconds: 0.2`), and in the daemon it paces
+the queue loop itself (Dagster's loop then waits nothing, and each look first waits out the rest
+of the interval), so a run waits 0 to 0.2 s; everything else (the queue, `concurrency.runs`
+limits, pools) is Dagster's own. Each look is a few queries of the run storage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any, Self
 
 from dagster import Field
 from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
+from dagster._core.workspace.context import IWorkspaceProcessContext
+from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 from dagster._serdes import ConfigurableClassData
+
+_dagster_look_at_queue = QueuedRunCoordinatorDaemon.run_iteration
+
+
+def _paced(interval: float) -> Any:
+    """The queue daemon's iteration, first waiting out the rest of `interval` since the last."""
+
+    def look_at_queue(self: QueuedRunCoordinatorDaemon, context: IWorkspaceProcessContext) -> Iterator[Any]:
+        due = getattr(self, "_prompt_due", 0.0)
+        if (wait := due - time.monotonic()) > 0:
+            time.sleep(wait)
+        self._prompt_due = time.monotonic() + interval  # type: ignore[attr-defined]
+        yield from _dagster_look_at_queue(self, context)
+
+    return look_at_queue
 
 
 class PromptRunCoordinator(QueuedRunCoordinator):
@@ -27,16 +46,18 @@ class PromptRunCoordinator(QueuedRunCoordinator):
         self._launcher_warmed = False
 
     @property
-    # The daemon sleeps on any number; Dagster's own annotation says int.
+    # Dagster's own annotation says int; the daemon's loop takes any number.
     def dequeue_interval_seconds(self) -> float:  # type: ignore[override]
-        # Read only by the daemon, as it starts the loop that launches queued runs: the moment
-        # to have the run launcher ready (a forkserver's imports) before the first upload.
+        # Read only by the daemon, as it builds the loop that launches queued runs: the moment to
+        # pace that loop here and to have the run launcher ready (a forkserver's imports) before
+        # the first upload.
         if not self._launcher_warmed:
             self._launcher_warmed = True
+            QueuedRunCoordinatorDaemon.run_iteration = _paced(self._prompt_interval)  # type: ignore[method-assign]
             launcher = self._instance.run_launcher if self.has_instance else None
             if callable(getattr(launcher, "warm_up", None)):
                 launcher.warm_up()  # type: ignore[union-attr]
-        return self._prompt_interval
+        return 0.0
 
     @classmethod
     def config_type(cls) -> dict[str, Field]:
@@ -44,7 +65,7 @@ class PromptRunCoordinator(QueuedRunCoordinator):
             "dequeue_interval_seconds": Field(
                 float,
                 is_required=False,
-                default_value=0.5,
+                default_value=0.2,
                 description="Seconds between the daemon's looks at the run queue (fractions allowed).",
             )
         }
