@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from expert_pipeline.adapters.local_model_files import SpecialTokensCounter, model_files
+from expert_pipeline.adapters.local_model_files import counter_for, model_files
 
 
 class BertTokens:
@@ -28,7 +28,7 @@ class BertTokens:
         # Two tokenizers, because truncation is a setting of the tokenizer: counting must see
         # past the limit (the same counter the served embedder uses), encoding must cut at it
         # (keeping [SEP] at the end, as BERT expects).
-        self._counting = SpecialTokensCounter(facts.tokenizer_file)
+        self._counting = counter_for(facts.tokenizer_file)
         self._encoding = Tokenizer.from_file(str(facts.tokenizer_file))
         self._encoding.enable_truncation(max_length=self.max_seq_length)
         self._encoding.no_padding()

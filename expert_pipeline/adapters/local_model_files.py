@@ -94,3 +94,10 @@ class SpecialTokensCounter:
     def encode_ordinary(self, text: str) -> list[int]:
         with self._lock:
             return list(self._tokenizer.encode(text, add_special_tokens=True).ids)
+
+
+@functools.lru_cache(maxsize=4)
+def counter_for(tokenizer_file: Path) -> SpecialTokensCounter:
+    """The one counting tokenizer of a model per process (~9 MB each): the encoder, the embedding
+    server's usage figures and the served embedder's chunking all count with it."""
+    return SpecialTokensCounter(tokenizer_file)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -20,6 +20,10 @@ from sqlalchemy.orm import Session
 from expert_pipeline.core.db_retry import OutageHandler, call_with_db_retry
 from expert_pipeline.core.models import EmbeddingCacheEntry
 from expert_pipeline.core.ports import Embedder
+
+if TYPE_CHECKING:
+    # numpy only where vectors are handled: the code server imports this module, never calls it.
+    import numpy as np
 
 
 def cache_key(model: str, dimensions: int, text: str) -> str:
@@ -43,6 +47,8 @@ class EmbeddingCache:
             return {}
 
         def read() -> dict[str, np.ndarray]:
+            import numpy as np
+
             with Session(self.engine) as session:
                 rows = session.execute(
                     select(EmbeddingCacheEntry.key, EmbeddingCacheEntry.vector).where(
@@ -54,6 +60,8 @@ class EmbeddingCache:
         return call_with_db_retry(read, on_recovered=self.on_outage_recovered, what="embedding cache read")
 
     def put_many(self, vectors: Mapping[str, np.ndarray]) -> None:
+        import numpy as np
+
         if not vectors:
             return
         rows = [
@@ -82,6 +90,8 @@ class Embedded:
 def embed_with_cache(embedder: Embedder, cache: EmbeddingCache, texts: Sequence[str]) -> Embedded:
     """Vectors for `texts`, asking the provider only for those not cached; new ones are cached
     at once, so a run that dies mid-way has already saved what it paid for."""
+    import numpy as np
+
     keys = cache.keys(texts)
     known = cache.get_many(keys)
     missing = [i for i, key in enumerate(keys) if key not in known]

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from expert_pipeline.adapters.embedder import LocalEmbedder
-from expert_pipeline.adapters.local_model_files import LOCAL_MODEL_NAME, SpecialTokensCounter, model_files
+from expert_pipeline.adapters.local_model_files import LOCAL_MODEL_NAME, counter_for, model_files
 from expert_pipeline.core.settings import get_settings
 from expert_pipeline.embedding_server.batching import CoalescingEncoder
 
@@ -52,7 +52,7 @@ def _error(status: int, message: str, param: str | None = None, code: str | None
 def create_app(embedder: LocalEmbedder | None = None) -> FastAPI:
     local = embedder or LocalEmbedder(backend=get_settings().embedding_backend)
     facts = model_files()
-    counter = SpecialTokensCounter(facts.tokenizer_file)
+    counter = counter_for(facts.tokenizer_file)
     state: dict[str, CoalescingEncoder] = {}
 
     @asynccontextmanager

@@ -7,12 +7,16 @@ them. (A resource with its own start and stop would start it with the run, but D
 treats it as a context-managed resource everywhere, sensors included.)
 """
 
+from __future__ import annotations
+
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from expert_pipeline.text.isolated_extraction import ExtractionLimits, IsolatedExtractor
+if TYPE_CHECKING:
+    from expert_pipeline.text.isolated_extraction import IsolatedExtractor
 
 
 class ExtractionWorker(dg.ConfigurableResource):
@@ -24,5 +28,8 @@ class ExtractionWorker(dg.ConfigurableResource):
     @contextmanager
     def reading(self) -> Iterator[IsolatedExtractor]:
         """The started worker, stopped when the step is done with it."""
+        # Here, not at import: the code server loads this module and never extracts anything.
+        from expert_pipeline.text.isolated_extraction import ExtractionLimits, IsolatedExtractor
+
         with IsolatedExtractor(ExtractionLimits(self.timeout_seconds, self.memory_mb)) as extractor:
             yield extractor

@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg
 from sqlalchemy import Engine, Select, or_, select
 from sqlalchemy.orm import Session
 
@@ -169,6 +168,8 @@ class NotifyListener:
             await asyncio.sleep(delay)
 
     async def _listen(self) -> None:
+        import psycopg  # PostgreSQL only: ~10 MB a SQLite deployment need not hold
+
         async with await psycopg.AsyncConnection.connect(
             self.conninfo, autocommit=True, connect_timeout=5
         ) as conn:

@@ -207,7 +207,7 @@ class OpenAIEmbedder(BaseModel):
 
     def _counter(self) -> TokenCounter:
         if self.tokenizer_file is not None:
-            return _tokenizer_file_counter(self.tokenizer_file)
+            return tokenizer_file_counter(self.tokenizer_file)
         return token_counter_for(self.model)
 
     def _checked_count(self, index: int, text: str, counter: TokenCounter) -> int:
@@ -306,12 +306,12 @@ class OpenAIEmbedder(BaseModel):
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer_file_counter(path: str) -> TokenCounter:
-    from expert_pipeline.adapters.local_model_files import SpecialTokensCounter
+def tokenizer_file_counter(path: str) -> TokenCounter:
+    """The counter for a model's tokenizer file, one per process (built ahead by the run
+    forkserver, so forked runs share it)."""
+    from expert_pipeline.adapters.local_model_files import counter_for
 
-    return TokenCounter(
-        True, f"exact ({Path(path).name} of the served model)", SpecialTokensCounter(Path(path))
-    )
+    return TokenCounter(True, f"exact ({Path(path).name} of the served model)", counter_for(Path(path)))
 
 
 def _retries_taken(exc: Exception) -> int:
