@@ -202,6 +202,19 @@ class Product:
                 continue
         return found
 
+    def environ_of(self, cmdline_part: str) -> dict[str, str]:
+        """The environment of this home's first process whose command line has `cmdline_part`."""
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                env = proc.environ()
+                if env.get("EXPERT_PIPELINE_HOME") == str(self.home) and cmdline_part in " ".join(
+                    proc.info["cmdline"] or []
+                ):
+                    return dict(env)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        raise AssertionError(f"no process of this home runs {cmdline_part!r}")
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -261,6 +274,10 @@ def test_stopping_mid_ingest_stops_everything_and_resumes_on_the_next_start(
         assert any(lib.startswith("libtorch") for lib in server), server
     (launcher,) = product.libraries_of("expert-pipeline up")
     assert not any(lib.startswith(("libarrow", "cygrpc", "libtorch")) for lib in launcher), launcher
+    # Two malloc arenas for the Python servers and the runs, glibc's default for the model server.
+    assert product.environ_of("status_api.main").get("MALLOC_ARENA_MAX") == "2"
+    assert product.environ_of("multiprocessing.forkserver").get("MALLOC_ARENA_MAX") == "2"
+    assert "MALLOC_ARENA_MAX" not in product.environ_of("embedding_server")
     assert [run.get("expert_pipeline/launched_by") for run in product.runs_of(expert_id)] == ["status API"]
     assert product.stop_group() == 0, product.log()
     assert product.leftovers() == [], product.log()
