@@ -164,9 +164,8 @@ def _bert_encoder(
     if requested == "torch-fp32":
         return _torch_encoder(model_dir, device), None
     if device != "cpu":
-        return _torch_encoder(
-            model_dir, device
-        ), f"{requested} is for the CPU; device {device} runs torch fp32"
+        reason = f"{requested} is for the CPU; device {device} runs torch fp32"
+        return _torch_encoder(model_dir, device), reason
     bf16 = encoder_choice.cpu_has_bf16()
     reasons: list[str] = []
 
