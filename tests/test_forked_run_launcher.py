@@ -153,6 +153,9 @@ def test_a_worker_killed_outright_is_reported_failed(instance: dg.DagsterInstanc
     )
     events = [e.message for e in instance.all_logs(run.run_id)]
     assert any("was terminated by signal 9" in m for m in events), events
+    # Looked at after the run was failed for it, the killed worker is still a failed one.
+    with dg.DagsterInstance.from_config(str(tmp_path)) as other:
+        assert other.run_launcher.check_run_worker_health(run).status == WorkerStatus.FAILED
 
 
 def test_a_recorded_pid_that_is_now_another_process_is_left_alone(instance: dg.DagsterInstance) -> None:

@@ -46,7 +46,7 @@ from dagster._core.launcher.base import (
     RunLauncher,
     WorkerStatus,
 )
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, deserialize_value, serialize_value
 from dagster._utils import get_run_crash_explanation
 from dagster._utils.interrupts import capture_interrupts
@@ -250,10 +250,14 @@ class ForkedRunLauncher(RunLauncher, ConfigurableClass):
         if _worker_process(run) is not None:
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=pid)
         latest = self._instance.get_run_by_id(run.run_id)
-        if latest is not None and latest.is_finished:
+        # Gone after a successful run: it simply exited. Gone and the run failed (the launching
+        # daemon saw it die first and said so): the worker failed, whoever looks.
+        if latest is not None and latest.status == DagsterRunStatus.SUCCESS:
             return CheckRunHealthResult(WorkerStatus.SUCCESS, run_worker_id=pid)
         return CheckRunHealthResult(
-            WorkerStatus.FAILED, f"Run worker (pid {pid}) is gone before the run finished", run_worker_id=pid
+            WorkerStatus.FAILED,
+            f"Run worker (pid {pid}) is gone and the run did not succeed",
+            run_worker_id=pid,
         )
 
     def get_run_worker_debug_info(
