@@ -188,32 +188,28 @@ class Product:
             {t["key"]: t["value"] for t in run["tags"]} for run in answer["data"]["runsOrError"]["results"]
         ]
 
-    def libraries_of(self, cmdline_part: str) -> list[set[str]]:
-        """The shared libraries each of this home's processes whose command line has
-        `cmdline_part` has loaded (by file name)."""
+    def processes_of(self, cmdline_part: str) -> list[psutil.Process]:
+        """This home's live processes whose command line has `cmdline_part`."""
         found = []
         for proc in psutil.process_iter(["pid", "cmdline"]):
             try:
                 if proc.environ().get("EXPERT_PIPELINE_HOME") == str(self.home) and cmdline_part in " ".join(
                     proc.info["cmdline"] or []
                 ):
-                    found.append({Path(m.path).name for m in proc.memory_maps()})
+                    found.append(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
         return found
 
+    def libraries_of(self, cmdline_part: str) -> list[set[str]]:
+        """The shared libraries each of those processes has loaded (by file name)."""
+        return [{Path(m.path).name for m in proc.memory_maps()} for proc in self.processes_of(cmdline_part)]
+
     def environ_of(self, cmdline_part: str) -> dict[str, str]:
-        """The environment of this home's first process whose command line has `cmdline_part`."""
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                env = proc.environ()
-                if env.get("EXPERT_PIPELINE_HOME") == str(self.home) and cmdline_part in " ".join(
-                    proc.info["cmdline"] or []
-                ):
-                    return dict(env)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-        raise AssertionError(f"no process of this home runs {cmdline_part!r}")
+        """The environment of the first of those processes."""
+        found = self.processes_of(cmdline_part)
+        assert found, f"no process of this home runs {cmdline_part!r}"
+        return dict(found[0].environ())
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -43,7 +43,7 @@ class PromptRunCoordinator(QueuedRunCoordinator):
     ) -> None:
         super().__init__(dequeue_interval_seconds=1, inst_data=inst_data)
         self._prompt_interval = dequeue_interval_seconds
-        self._launcher_warmed = False
+        self._daemon_prepared = False
 
     @property
     # Dagster's own annotation says int; the daemon's loop takes any number.
@@ -51,8 +51,8 @@ class PromptRunCoordinator(QueuedRunCoordinator):
         # Read only by the daemon, as it builds the loop that launches queued runs: the moment to
         # pace that loop here and to have the run launcher ready (a forkserver's imports) before
         # the first upload.
-        if not self._launcher_warmed:
-            self._launcher_warmed = True
+        if not self._daemon_prepared:
+            self._daemon_prepared = True
             QueuedRunCoordinatorDaemon.run_iteration = _paced(self._prompt_interval)  # type: ignore[method-assign]
             launcher = self._instance.run_launcher if self.has_instance else None
             if callable(getattr(launcher, "warm_up", None)):
